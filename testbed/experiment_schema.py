@@ -1,0 +1,155 @@
+"""Typed schema of experiment YAML files (experiments/*.yaml).
+
+An experiment names a topology, overrides link shaping by link name, starts processes
+on hosts, scripts a timeline of events and asks for packet captures. `mode: simulation`
+experiments instead name a registered simulation job (see testbed.jobs) and its params.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from testbed.topology_schema import Shaping, Strict
+
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class ProcessBase(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str
+    start: Seconds = 0.0
+    """Seconds after the timeline starts."""
+    stop: Seconds | None = None
+    """Seconds after the timeline starts; default: runs until it exits or the run ends."""
+    required: bool | None = None
+    """If true, the run fails when the process exits non-zero. Default depends on kind."""
+
+    def must_succeed(self) -> bool:
+        return bool(self.required)
+
+
+class Iperf3Server(ProcessBase):
+    kind: Literal["iperf3_server"]
+    port: int = Field(default=5201, ge=1024, le=65535)
+
+
+class Iperf3Client(ProcessBase):
+    kind: Literal["iperf3_client"]
+    server: str
+    """Host name of the iperf3 server."""
+    port: int = Field(default=5201, ge=1024, le=65535)
+    congestion: str = "cubic"
+    """TCP congestion control (see `chaintwin doctor` for those available)."""
+    duration: Seconds | None = None
+    """Seconds of traffic; default: until the end of the run."""
+    bitrate: str | None = None
+    """iperf3 --bitrate (for example '50M'); default unlimited."""
+    parallel: int = Field(default=1, ge=1, le=64)
+    reverse: bool = False
+
+    def must_succeed(self) -> bool:
+        return True if self.required is None else self.required
+
+
+class Ping(ProcessBase):
+    kind: Literal["ping"]
+    target: str
+    """Host name to ping."""
+    count: int = Field(default=10, ge=1)
+    interval: Seconds = 0.2
+    size: int = Field(default=56, ge=0, le=65000)
+
+    def must_succeed(self) -> bool:
+        return False if self.required is None else self.required
+
+
+class Command(ProcessBase):
+    kind: Literal["command"]
+    command: str
+    """Shell command; '{ip:HOST}' is replaced by HOST's first address, '{run_dir}' by the
+    run folder."""
+
+
+Process = Annotated[Iperf3Server | Iperf3Client | Ping | Command, Field(discriminator="kind")]
+
+
+class EventBase(Strict):
+    at: Seconds
+
+
+class SetLink(EventBase, Shaping):
+    action: Literal["set_link"]
+    link: str
+
+
+class LinkState(EventBase):
+    action: Literal["link_down", "link_up"]
+    link: str
+
+
+class HostState(EventBase):
+    action: Literal["host_down", "host_up"]
+    host: str
+
+
+class ProcessControl(EventBase):
+    action: Literal["start", "stop"]
+    process: str
+
+
+Event = Annotated[SetLink | LinkState | HostState | ProcessControl, Field(discriminator="action")]
+
+
+class Capture(Strict):
+    host: str
+    intf: str | None = None
+    """Interface name (e.g. 'r1-eth0'); default: every interface of the host."""
+    snaplen: int = Field(default=128, ge=64, le=65535)
+    """Headers are enough for throughput tables; keeps tcpdump up with Gbit/s."""
+    filter: str = "tcp or icmp"
+
+
+class SimulationJob(Strict):
+    job: str
+    """A registered simulation job (testbed.jobs), e.g. 'twin.fig4a'."""
+    params: dict[str, Any] = {}
+    """Checked by the job's own typed settings before anything runs."""
+
+
+class Experiment(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    variant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    mode: Literal["emulation", "simulation"] = "emulation"
+    seed: int = 1
+    duration: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds of timeline; processes still running then are stopped."""
+    topology: str | None = None
+    """Path of the topology YAML, relative to the experiment file (or the project root)."""
+    links: dict[str, Shaping] = {}
+    """Shaping overrides by link name, applied over the topology's values."""
+    processes: list[Process] = []
+    timeline: list[Event] = []
+    captures: list[Capture] = []
+    simulation: SimulationJob | None = None
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> Experiment:
+        if self.mode == "emulation" and self.topology is None:
+            raise ValueError("mode 'emulation' needs a 'topology' (path to a topology YAML)")
+        if self.mode == "simulation" and self.simulation is None:
+            raise ValueError("mode 'simulation' needs a 'simulation' section with a 'job'")
+        names = [p.name for p in self.processes]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate process names: {dup}")
+        for i, ev in enumerate(self.timeline):
+            if ev.at > self.duration:
+                raise ValueError(
+                    f"timeline[{i}]: at={ev.at} s is after the run's duration ({self.duration} s)"
+                )
+            if isinstance(ev, ProcessControl) and ev.process not in names:
+                raise ValueError(f"timeline[{i}]: unknown process {ev.process!r}")
+        return self

@@ -1,0 +1,318 @@
+"""Userspace link emulator: a delay line with jitter and loss behind an NFQUEUE.
+
+For kernels without sch_netem. An iptables rule hands the link's packets to queue N;
+this process keeps only each packet's id (metadata copy, no payload), decides its fate
+(drop with probability `loss`, else release after `delay` +- uniform `jitter`), and
+issues the ACCEPT verdict at the release time. The kernel keeps the packet meanwhile,
+so nothing is copied to userspace.
+
+Granularity: with `--gso` the kernel queues whole GSO segments (NFQUEUE's F_GSO flag),
+~30x fewer packets at high rates, but one drop or reorder hits a whole segment; with
+`--no-gso` it splits them and each MTU packet gets its own fate (netem's semantics).
+
+Reordering policy: with `--reorder` each packet draws its own delay and may overtake
+others, as netem's jitter does; with `--no-reorder` a packet never leaves before the
+one queued ahead of it.
+
+Control: one JSON object per line on stdin changes settings at run time, e.g.
+{"delay_us": 50000, "jitter_us": 0, "loss": 0.01, "reorder": true, "gso": false};
+end of stdin or SIGTERM releases every held packet and exits, writing counters to
+`--stats`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import errno
+import heapq
+import json
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+NF_DROP, NF_ACCEPT = 0, 1
+NFQNL_COPY_META = 1
+NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO = 1 << 0, 1 << 2
+NETLINK_NO_ENOBUFS = 5
+SOL_NETLINK = 270
+QUEUE_MAXLEN = 1_000_000
+RCVBUF = 64 * 1024 * 1024
+
+
+class _PacketHdr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("packet_id", ctypes.c_uint32), ("hw_protocol", ctypes.c_uint16),
+                ("hook", ctypes.c_uint8)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_void_p)
+
+
+def load_library() -> ctypes.CDLL:
+    """libnetfilter_queue (Debian: libnetfilter-queue1); raises with what to install."""
+    name = ctypes.util.find_library("netfilter_queue") or "libnetfilter_queue.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise RuntimeError(
+            "libnetfilter_queue is missing: apt-get install libnetfilter-queue1"
+        ) from exc
+    vp, u16, u32, i = ctypes.c_void_p, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int
+    sigs = {
+        "nfq_open": ([], vp), "nfq_close": ([vp], i),
+        "nfq_unbind_pf": ([vp, u16], i), "nfq_bind_pf": ([vp, u16], i),
+        "nfq_create_queue": ([vp, u16, _CALLBACK, vp], vp),
+        "nfq_destroy_queue": ([vp], i),
+        "nfq_set_mode": ([vp, ctypes.c_uint8, u32], i),
+        "nfq_set_queue_maxlen": ([vp, u32], i),
+        "nfq_set_queue_flags": ([vp, u32, u32], i),
+        "nfq_fd": ([vp], i),
+        "nfq_handle_packet": ([vp, ctypes.c_char_p, i], i),
+        "nfq_get_msg_packet_hdr": ([vp], ctypes.POINTER(_PacketHdr)),
+        "nfq_set_verdict": ([vp, u32, u32, u32, vp], i),
+        "nfq_set_verdict_batch": ([vp, u32, u32], i),
+    }
+    for fname, (args, res) in sigs.items():
+        fn = getattr(lib, fname)
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
+@dataclass
+class Settings:
+    delay_us: int = 0
+    jitter_us: int = 0
+    loss: float = 0.0
+    reorder: bool = True
+    gso: bool = True
+
+    def update(self, data: dict[str, object]) -> None:
+        for key, value in data.items():
+            if key not in self.__dataclass_fields__:
+                raise ValueError(f"unknown setting {key!r}")
+            setattr(self, key, type(getattr(self, key))(value))
+        if self.delay_us < 0 or self.jitter_us < 0 or not 0 <= self.loss <= 1:
+            raise ValueError(f"invalid settings {asdict(self)}")
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    dropped: int = 0
+    released: int = 0
+    max_held: int = 0
+    enobufs: int = 0
+    late_release_max_us: int = 0
+    control_errors: int = 0
+
+
+class DelayLine:
+    """Holds packet ids until their release time; see the module docstring."""
+
+    def __init__(self, queue_num: int, settings: Settings, seed: int) -> None:
+        self.lib = load_library()
+        self.settings = settings
+        self.rng = random.Random(seed)
+        self.counters = Counters()
+        self.fifo: deque[tuple[float, int]] = deque()
+        self.heap: list[tuple[float, int]] = []
+        self.last_release = 0.0
+        self._cb = _CALLBACK(self._on_packet)
+        lib = self.lib
+        self.h = lib.nfq_open()
+        if not self.h:
+            raise RuntimeError("nfq_open failed (needs root / CAP_NET_ADMIN)")
+        lib.nfq_unbind_pf(self.h, socket.AF_INET)
+        lib.nfq_bind_pf(self.h, socket.AF_INET)
+        self.qh = lib.nfq_create_queue(self.h, queue_num, self._cb, None)
+        if not self.qh:
+            raise RuntimeError(f"cannot bind NFQUEUE {queue_num} (in use?)")
+        lib.nfq_set_mode(self.qh, NFQNL_COPY_META, 0)
+        lib.nfq_set_queue_maxlen(self.qh, QUEUE_MAXLEN)
+        self._apply_gso()
+        self.fd = lib.nfq_fd(self.h)
+        self.sock = socket.socket(fileno=os.dup(self.fd))
+        self.sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+        self.sock.setblocking(False)
+        self.buf = ctypes.create_string_buffer(256 * 1024)
+        self.view = memoryview(self.buf).cast("B")
+
+    def _apply_gso(self) -> None:
+        flags = NFQA_CFG_F_GSO if self.settings.gso else 0
+        self.lib.nfq_set_queue_flags(self.qh, NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN, flags)
+
+    def reconfigure(self, data: dict[str, object]) -> None:
+        old_gso = self.settings.gso
+        self.settings.update(data)
+        if self.settings.gso != old_gso:
+            self._apply_gso()
+
+    @property
+    def ordered(self) -> bool:
+        s = self.settings
+        return s.jitter_us == 0 or not s.reorder
+
+    def _on_packet(self, qh: int, nfmsg: int, nfad: int, data: int) -> int:
+        hdr = self.lib.nfq_get_msg_packet_hdr(nfad)
+        pid = socket.ntohl(hdr.contents.packet_id)
+        c = self.counters
+        c.received += 1
+        s = self.settings
+        if s.loss and self.rng.random() < s.loss:
+            c.dropped += 1
+            self.lib.nfq_set_verdict(self.qh, pid, NF_DROP, 0, None)
+            return 0
+        now = time.monotonic()
+        delay = s.delay_us
+        if s.jitter_us:
+            delay = max(0.0, delay + self.rng.uniform(-s.jitter_us, s.jitter_us))
+        release = now + delay * 1e-6
+        if self.ordered:
+            if release < self.last_release:
+                release = self.last_release
+            self.last_release = release
+            if self.heap:  # switched from reordering: drain the heap first, in order
+                heapq.heappush(self.heap, (release, pid))
+            else:
+                self.fifo.append((release, pid))
+        else:
+            heapq.heappush(self.heap, (release, pid))
+        held = len(self.fifo) + len(self.heap)
+        if held > c.max_held:
+            c.max_held = held
+        return 0
+
+    def _receive(self) -> None:
+        recv_into, handle, h, buf = self.sock.recv_into, self.lib.nfq_handle_packet, self.h, self.buf
+        for _ in range(256):
+            try:
+                n = recv_into(self.view)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.counters.enobufs += 1
+                    continue
+                raise
+            handle(h, buf, n)
+
+    def _release_due(self, now: float) -> None:
+        verdict, qh, c = self.lib.nfq_set_verdict, self.qh, self.counters
+        fifo = self.fifo
+        if fifo and fifo[0][0] <= now:
+            last_id = -1
+            t0 = fifo[0][0]
+            n = 0
+            while fifo and fifo[0][0] <= now:
+                last_id = fifo.popleft()[1]
+                n += 1
+            # FIFO ids are increasing and every lower id already has its verdict,
+            # so one batch verdict releases them all.
+            self.lib.nfq_set_verdict_batch(qh, last_id, NF_ACCEPT)
+            c.released += n
+            late = int((now - t0) * 1e6)
+            if late > c.late_release_max_us:
+                c.late_release_max_us = late
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            _, pid = heapq.heappop(heap)
+            verdict(qh, pid, NF_ACCEPT, 0, None)
+            c.released += 1
+
+    def next_release(self) -> float | None:
+        times = [q[0][0] for q in (self.fifo, self.heap) if q]
+        return min(times) if times else None
+
+    def release_all(self) -> None:
+        self._release_due(float("inf"))
+
+    def close(self) -> None:
+        self.release_all()
+        self.lib.nfq_destroy_queue(self.qh)
+        self.lib.nfq_close(self.h)
+        self.sock.close()
+
+
+def serve(line: DelayLine, control_fd: int | None) -> None:
+    poller = select.poll()
+    poller.register(line.fd, select.POLLIN)
+    if control_fd is not None:
+        poller.register(control_fd, select.POLLIN | select.POLLHUP)
+    pending = b""
+    while True:
+        nxt = line.next_release()
+        now = time.monotonic()
+        # poll() has millisecond resolution: wake up to 1 ms early, then spin.
+        timeout = 100 if nxt is None else max(0, int((nxt - now) * 1000))
+        for fd, ev in poller.poll(timeout):
+            if fd == line.fd:
+                line._receive()
+            elif fd == control_fd:
+                chunk = os.read(control_fd, 65536)
+                if not chunk:
+                    return
+                pending += chunk
+                while b"\n" in pending:
+                    raw, pending = pending.split(b"\n", 1)
+                    if raw.strip():
+                        try:
+                            line.reconfigure(json.loads(raw))
+                        except (ValueError, TypeError) as exc:
+                            line.counters.control_errors += 1
+                            print(f"linkemu: bad control message {raw!r}: {exc}",
+                                  file=sys.stderr, flush=True)
+        line._release_due(time.monotonic())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m testbed.linkemu", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--queue", type=int, required=True)
+    ap.add_argument("--delay-us", type=int, default=0)
+    ap.add_argument("--jitter-us", type=int, default=0)
+    ap.add_argument("--loss", type=float, default=0.0)
+    ap.add_argument("--reorder", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--stats", help="write counters as JSON here on exit")
+    ap.add_argument("--name", default="")
+    ap.add_argument("--no-control", action="store_true", help="ignore stdin")
+    args = ap.parse_args(argv)
+    settings = Settings(args.delay_us, args.jitter_us, args.loss, args.reorder, args.gso)
+    settings.update({})
+    line = DelayLine(args.queue, settings, args.seed)
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"linkemu {args.name} queue={args.queue} {json.dumps(asdict(settings))} ready",
+          flush=True)
+    try:
+        serve(line, None if args.no_control else sys.stdin.fileno())
+    except KeyboardInterrupt:
+        stop["now"] = True
+    finally:
+        line.close()
+        result = {"name": args.name, "queue": args.queue, "settings": asdict(line.settings),
+                  "counters": asdict(line.counters)}
+        if args.stats:
+            with open(args.stats, "w") as fh:
+                json.dump(result, fh, indent=1)
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

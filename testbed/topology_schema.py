@@ -1,0 +1,180 @@
+"""Typed schema of topology YAML files (topologies/*.yaml).
+
+A topology is hosts with roles, switches and links; link shaping parameters are kept
+as the user wrote them (so a config round-trips through YAML and `--set` overrides)
+and parsed on access.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from testbed import units
+
+Role = Literal["endpoint", "middlebox", "node", "client", "twin"]
+SwitchKind = Literal["bridge", "ovs-user"]
+
+# Linux interface names hold 15 characters; Mininet names them "<node>-eth<N>".
+MAX_NODE_NAME = 9
+
+
+def _check(parser):  # type: ignore[no-untyped-def]
+    def check(v):  # type: ignore[no-untyped-def]
+        if v is not None:
+            parser(v)
+        return v
+
+    return AfterValidator(check)
+
+
+RateValue = Annotated[str | float | int | None, _check(units.parse_rate_bps)]
+DelayValue = Annotated[str | float | int | None, _check(units.parse_seconds)]
+PercentValue = Annotated[str | float | int | None, _check(units.parse_percent)]
+QueueValue = Annotated[str | int | None, _check(units.parse_queue)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Shaping(Strict):
+    """What a link does to packets. Delay, jitter and loss act in each shaped direction."""
+
+    bw: RateValue = None
+    """Rate limit (HTB). Bare numbers are Mbit/s; any rate, also above 1 Gbit/s."""
+    delay: DelayValue = None
+    """One-way delay added in each shaped direction. Bare numbers are ms."""
+    jitter: DelayValue = None
+    """Per-packet delay variation: uniform in [delay - jitter, delay + jitter], like netem."""
+    loss: PercentValue = None
+    """Random loss per packet, '1%' or a bare number of percent."""
+    queue: QueueValue = None
+    """Bottleneck queue: packets (pfifo) as an integer, or bytes (bfifo) as '1MB'."""
+    jitter_reorder: bool | None = None
+    """True (default): each packet draws its own delay, so packets reorder, as netem does.
+    False: a packet never leaves before the one queued ahead of it (delays only stretch)."""
+    granularity: Literal["auto", "packet", "segment"] | None = None
+    """Userspace emulator only. 'packet': delay/drop each MTU packet (GSO segments are
+    split by the kernel before queueing); 'segment': whole GSO segments (NFQUEUE F_GSO),
+    ~30x fewer packets to handle but a drop or a reorder hits up to ~44 packets at once.
+    'auto' (default): 'segment' for a fixed delay, 'packet' when jitter or loss is set."""
+
+    @property
+    def bw_bps(self) -> float | None:
+        return None if self.bw is None else units.parse_rate_bps(self.bw)
+
+    @property
+    def delay_s(self) -> float:
+        return 0.0 if self.delay is None else units.parse_seconds(self.delay)
+
+    @property
+    def jitter_s(self) -> float:
+        return 0.0 if self.jitter is None else units.parse_seconds(self.jitter)
+
+    @property
+    def loss_p(self) -> float:
+        return 0.0 if self.loss is None else units.parse_percent(self.loss)
+
+    @property
+    def queue_limit(self) -> tuple[str, int] | None:
+        return None if self.queue is None else units.parse_queue(self.queue)
+
+    @property
+    def reorders(self) -> bool:
+        return True if self.jitter_reorder is None else self.jitter_reorder
+
+    @property
+    def needs_delay_line(self) -> bool:
+        return self.delay_s > 0 or self.jitter_s > 0 or self.loss_p > 0
+
+    def merged(self, override: Shaping) -> Shaping:
+        """This shaping with every field that `override` sets replaced."""
+        data = self.model_dump()
+        data.update(override.model_dump(exclude_none=True))
+        return Shaping.model_validate(data)
+
+
+class HostSpec(Strict):
+    role: Role = "endpoint"
+    forward: bool | None = None
+    """Route packets between its interfaces. Default: true for middleboxes only."""
+
+    @property
+    def forwards(self) -> bool:
+        return self.role == "middlebox" if self.forward is None else self.forward
+
+
+class SwitchSpec(Strict):
+    kind: SwitchKind | None = None
+    """Linux bridge (default) or Open vSwitch with the userspace datapath."""
+
+
+class LinkSpec(Shaping):
+    name: str | None = None
+    """Used by experiments to refer to the link; default '<a>-<b>'."""
+    ends: tuple[str, str]
+    direction: Literal["both", "forward", "reverse"] = "both"
+    """Which directions are shaped: forward is ends[0] -> ends[1]."""
+
+    @property
+    def link_name(self) -> str:
+        return self.name or f"{self.ends[0]}-{self.ends[1]}"
+
+    def shaping(self) -> Shaping:
+        return Shaping.model_validate(self.model_dump(include=set(Shaping.model_fields)))
+
+
+class Topology(Strict):
+    name: str
+    description: str = ""
+    switch: SwitchKind = "bridge"
+    subnet_base: str = Field(default="10.0.0.0/8", pattern=r"^10\.0\.0\.0/8$")
+    """Addresses are 10.<segment / 256>.<segment % 256>.<host>/24, one /24 per L2 segment."""
+    hosts: dict[str, HostSpec]
+    switches: dict[str, SwitchSpec] = {}
+    links: list[LinkSpec]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Topology:
+        for name in [*self.hosts, *self.switches]:
+            if not name.isidentifier() or len(name) > MAX_NODE_NAME:
+                raise ValueError(
+                    f"node name {name!r} must be an identifier of at most {MAX_NODE_NAME} "
+                    "characters (Linux interface names are limited to 15)"
+                )
+        both = set(self.hosts) & set(self.switches)
+        if both:
+            raise ValueError(f"names used for both a host and a switch: {sorted(both)}")
+        nodes = set(self.hosts) | set(self.switches)
+        seen: set[str] = set()
+        for i, link in enumerate(self.links):
+            a, b = link.ends
+            for end in (a, b):
+                if end not in nodes:
+                    raise ValueError(
+                        f"links[{i}]: unknown node {end!r}; known: {sorted(nodes)}"
+                    )
+            if a == b:
+                raise ValueError(f"links[{i}]: a link needs two different ends, got {a!r} twice")
+            if link.link_name in seen:
+                raise ValueError(f"links[{i}]: duplicate link name {link.link_name!r}")
+            seen.add(link.link_name)
+            if link.needs_delay_line and a in self.switches and b in self.switches:
+                raise ValueError(
+                    f"links[{i}] ({link.link_name}): delay/jitter/loss need a host at one end "
+                    "(the userspace emulator runs in a host's namespace); put them on a link "
+                    "to a host or middlebox"
+                )
+        linked = {end for link in self.links for end in link.ends}
+        lonely = sorted(set(self.hosts) - linked)
+        if lonely:
+            raise ValueError(f"hosts without any link: {lonely}")
+        return self
+
+    def link(self, name: str) -> LinkSpec:
+        for link in self.links:
+            if link.link_name == name:
+                return link
+        raise KeyError(name)
