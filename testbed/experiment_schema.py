@@ -75,6 +75,12 @@ class Command(ProcessBase):
 Process = Annotated[Iperf3Server | Iperf3Client | Ping | Command, Field(discriminator="kind")]
 
 
+class LinkOverride(Shaping):
+    """Shaping of a topology link as this experiment wants it."""
+
+    direction: Literal["both", "forward", "reverse"] | None = None
+
+
 class EventBase(Strict):
     at: Seconds
 
@@ -128,12 +134,15 @@ class Experiment(Strict):
     """Seconds of timeline; processes still running then are stopped."""
     topology: str | None = None
     """Path of the topology YAML, relative to the experiment file (or the project root)."""
-    links: dict[str, Shaping] = {}
+    links: dict[str, LinkOverride] = {}
     """Shaping overrides by link name, applied over the topology's values."""
     processes: list[Process] = []
     timeline: list[Event] = []
     captures: list[Capture] = []
     simulation: SimulationJob | None = None
+    until_done: bool = False
+    """End the run early once every process except servers has exited and no event is
+    left (duration is then the upper bound)."""
 
     @model_validator(mode="after")
     def _mode_fields(self) -> Experiment:

@@ -1,0 +1,301 @@
+"""Build a topology on Mininet and keep its shaping under control at run time.
+
+`YamlTopo` is a side-effect-free Mininet Topo (as in Mininet's own examples); `Network`
+instantiates it with plain veth links (not TCLink, which caps rates at 1000 Mbit/s),
+assigns addresses and routes from testbed.addressing, and shapes each link direction
+through testbed.shaping. Every command it runs is logged, and `stop()` undoes
+everything in a fixed order (delay lines, iptables rules, qdiscs, then Mininet).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed import shaping
+from testbed.addressing import Plan
+from testbed.addressing import plan as make_plan
+from testbed.errors import EmulationError
+from testbed.shaping import Backend, Cmd, Direction
+from testbed.topology_schema import Shaping, Topology
+
+log = logging.getLogger("chaintwin.network")
+
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+
+
+def _mininet():  # type: ignore[no-untyped-def]
+    try:
+        from mininet.link import Link
+        from mininet.net import Mininet
+        from mininet.node import Host, OVSSwitch
+        from mininet.nodelib import LinuxBridge
+        from mininet.topo import Topo
+    except ImportError as exc:
+        raise EmulationError(
+            f"mininet is not importable ({exc}); run ./setup.sh and use .venv/bin/chaintwin"
+        ) from exc
+    return Mininet, Topo, Host, Link, LinuxBridge, OVSSwitch
+
+
+def build_topo(topo: Topology, plan: Plan) -> Any:
+    """A Mininet Topo with our interface names and addresses (no root needed)."""
+    _, Topo, _, _, LinuxBridge, OVSSwitch = _mininet()
+
+    class YamlTopo(Topo):  # type: ignore[misc, valid-type]
+        def build(self) -> None:
+            for name in topo.hosts:
+                self.addHost(name, ip=None)
+            for i, (name, spec) in enumerate(topo.switches.items()):
+                kind = spec.kind or topo.switch
+                dpid = f"{i + 1:016x}"  # our switch names are not Mininet's s1, s2...
+                if kind == "bridge":
+                    self.addSwitch(name, cls=LinuxBridge, dpid=dpid)
+                else:
+                    self.addSwitch(name, cls=OVSSwitch, datapath="user",
+                                   failMode="standalone", dpid=dpid)
+            for link in topo.links:
+                a, b = link.ends
+                ia, ib = plan.intf(link.link_name, a), plan.intf(link.link_name, b)
+                self.addLink(
+                    a, b, intfName1=ia.name, intfName2=ib.name,
+                    params1={"ip": f"{ia.ip}/24"} if ia.ip else {},
+                    params2={"ip": f"{ib.ip}/24"} if ib.ip else {},
+                )
+
+    return YamlTopo()
+
+
+@dataclass
+class DelayLineProc:
+    direction: Direction
+    proc: subprocess.Popen[bytes]
+    stats_path: Path
+    log_path: Path
+
+
+@dataclass
+class Network:
+    topo: Topology
+    backend: Backend
+    run_dir: Path
+    seed: int = 1
+    extra_delay_links: set[str] = field(default_factory=set)
+    plan: Plan = field(init=False)
+    directions: list[Direction] = field(init=False)
+    net: Any = None
+    delay_lines: dict[str, DelayLineProc] = field(default_factory=dict)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    _rules: list[Cmd] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.plan = make_plan(self.topo)
+        self.directions = shaping.directions(self.topo, self.plan, self.extra_delay_links)
+
+    # -- running commands -------------------------------------------------------------
+    def node(self, name: str) -> Any:
+        return self.net[name]
+
+    def run(self, cmd: Cmd, check: bool = True) -> str:
+        node = self.node(cmd.node)
+        out = node.cmd(cmd.shell() + "; echo __rc=$?")
+        text, _, rc = out.rpartition("__rc=")
+        code = int(rc.strip() or 1)
+        self.commands.append({"node": cmd.node, "cmd": cmd.shell(), "rc": code})
+        if code != 0 and check:
+            raise EmulationError(f"on {cmd.node}: `{cmd.shell()}` failed ({code}): {text.strip()}")
+        return text
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        Mininet, _, Host, Link, LinuxBridge, _ = _mininet()
+        if any((s.kind or self.topo.switch) == "ovs-user" for s in self.topo.switches.values()):
+            _ensure_ovs()
+        self.net = Mininet(topo=build_topo(self.topo, self.plan), host=Host, link=Link,
+                           switch=LinuxBridge, controller=None, build=False,
+                           autoSetMacs=False, cleanup=False, waitConnected=False)
+        self.net.build()
+        self.net.start()
+        self._configure_hosts()
+        for d in self.directions:
+            for cmd in shaping.setup_cmds(d, self.backend):
+                self.run(cmd)
+        if self.backend == "userspace":
+            for d in self.directions:
+                if d.queue_num:
+                    self._start_delay_line(d)
+
+    def _configure_hosts(self) -> None:
+        uses_ovs = any((s.kind or self.topo.switch) == "ovs-user"
+                       for s in self.topo.switches.values())
+        for name, spec in self.topo.hosts.items():
+            h = self.node(name)
+            h.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+            h.cmd(f"sysctl -qw net.ipv4.ip_forward={1 if spec.forwards else 0}")
+            h.cmd("sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0")
+            # Packets held in a delay line on a sender's own egress still count against
+            # TCP small queues; let them not throttle the sender.
+            h.cmd("sysctl -qw net.ipv4.tcp_limit_output_bytes=268435456")
+            for subnet, via in self.plan.routes.get(name, []):
+                self.run(Cmd(name, ("ip", "route", "replace", subnet, "via", via)))
+            if uses_ovs:
+                for intf in self.plan.intfs_of(name):
+                    h.cmd(f"ethtool -K {intf.name} tx off >/dev/null 2>&1")
+
+    def _start_delay_line(self, d: Direction) -> None:
+        site, _, _ = d.delay_line_site()
+        safe = d.key.replace(":", "_").replace(">", "-")
+        stats = self.run_dir / "linkemu" / f"{safe}.json"
+        logf = self.run_dir / "linkemu" / f"{safe}.log"
+        stats.parent.mkdir(parents=True, exist_ok=True)
+        argv = shaping.delay_line_argv(d, self.seed + d.queue_num * 7919, str(stats))
+        out = open(logf, "wb")
+        proc = self.node(site).popen(list(argv), stdin=subprocess.PIPE, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=str(_project_root()))
+        out.close()
+        self.delay_lines[d.key] = DelayLineProc(d, proc, stats, logf)
+        deadline = time.monotonic() + 10
+        while b"ready" not in logf.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise EmulationError(
+                    f"delay line for {d.key} did not start: {logf.read_text(errors='replace')}"
+                )
+            time.sleep(0.02)
+        rule = shaping.delay_line_rule(d)
+        self.run(rule)
+        self._rules.append(rule)
+
+    def check_delay_lines(self) -> None:
+        for key, dl in self.delay_lines.items():
+            if dl.proc.poll() is not None:
+                raise EmulationError(f"delay line {key} exited ({dl.proc.returncode}): "
+                                     f"{dl.log_path.read_text(errors='replace')[-500:]}")
+
+    def set_link(self, link: str, change: Shaping) -> list[str]:
+        """Change a link's shaping at run time; returns what was done."""
+        done = []
+        new_dirs = []
+        for d in self.directions:
+            if d.link != link:
+                new_dirs.append(d)
+                continue
+            new = d.shaping.merged(change)
+            for cmd in shaping.change_cmds(d, new, self.backend):
+                self.run(cmd)
+                done.append(cmd.shell())
+            if self.backend == "userspace" and d.key in self.delay_lines:
+                msg = json.dumps(shaping.emulator_config(new))
+                proc = self.delay_lines[d.key].proc
+                assert proc.stdin is not None
+                proc.stdin.write(msg.encode() + b"\n")
+                proc.stdin.flush()
+                done.append(f"delay line {d.key} <- {msg}")
+            elif self.backend == "userspace" and new.needs_delay_line:
+                raise EmulationError(f"{d.key}: no delay line was started for this link")
+            new_dirs.append(Direction(**{**d.__dict__, "shaping": new}))
+        self.directions = new_dirs
+        return done
+
+    def set_link_state(self, link: str, up: bool) -> None:
+        spec = self.topo.link(link)
+        for end in spec.ends:
+            intf = self.plan.intf(link, end).name
+            self.run(Cmd(end, ("ip", "link", "set", intf, "up" if up else "down")))
+        if up:
+            self._restore_routes(spec.ends)
+
+    def set_host_state(self, host: str, up: bool) -> None:
+        for intf in self.plan.intfs_of(host):
+            self.run(Cmd(host, ("ip", "link", "set", intf.name, "up" if up else "down")))
+        if up:
+            self._restore_routes((host,))
+
+    def _restore_routes(self, nodes: tuple[str, ...] | list[str]) -> None:
+        """Routes through an interface vanish when it goes down; put them back."""
+        for name in nodes:
+            for subnet, via in self.plan.routes.get(name, []):
+                self.run(Cmd(name, ("ip", "route", "replace", subnet, "via", via)), check=False)
+
+    def delay_line_stats(self) -> dict[str, Any]:
+        out = {}
+        for key, dl in self.delay_lines.items():
+            if dl.stats_path.exists():
+                out[key] = json.loads(dl.stats_path.read_text())
+        return out
+
+    def stop(self) -> None:
+        """Tear down in a fixed order; every step runs even if an earlier one fails."""
+        for dl in self.delay_lines.values():
+            _stop_process(dl.proc, close_stdin=True)
+        if self.net is not None:
+            for rule in reversed(self._rules):
+                try:
+                    self.run(shaping.delay_line_rule(rule_direction(self, rule), "-D"),
+                             check=False)
+                except Exception as exc:  # noqa: BLE001 - teardown must go on
+                    log.warning("removing %s: %s", rule.shell(), exc)
+            for d in self.directions:
+                try:
+                    if d.shaping.bw_bps is not None or d.shaping.needs_delay_line:
+                        self.run(Cmd(d.src, ("tc", "qdisc", "del", "dev", d.src_intf, "root")),
+                                 check=False)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("removing qdisc on %s: %s", d.src_intf, exc)
+            try:
+                self.net.stop()
+            finally:
+                self.net = None
+
+
+def rule_direction(net: Network, rule: Cmd) -> Direction:
+    for d in net.directions:
+        if d.queue_num and shaping.delay_line_rule(d).argv[-1] == rule.argv[-1] and \
+                d.delay_line_site()[0] == rule.node:
+            return d
+    raise KeyError(rule.shell())
+
+
+def _stop_process(proc: subprocess.Popen[bytes], close_stdin: bool = False,
+                  sig: int = signal.SIGTERM, grace: float = 3.0) -> int | None:
+    """Stop a process and its group (Mininet's popen puts each in its own session)."""
+    if close_stdin and proc.stdin is not None:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
+    return proc.returncode
+
+
+def _ensure_ovs() -> None:
+    if subprocess.run(["ovs-vsctl", "--timeout=2", "show"], capture_output=True).returncode == 0:
+        return
+    if not Path(OVS_CTL).exists():
+        raise EmulationError("switch kind 'ovs-user' needs Open vSwitch: apt-get install "
+                             "openvswitch-switch")
+    p = subprocess.run([OVS_CTL, "start", "--system-id=random"], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise EmulationError(f"could not start Open vSwitch: {p.stderr.strip()}")
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

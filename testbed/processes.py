@@ -1,0 +1,93 @@
+"""Turn experiment process entries into commands on hosts, and supervise them."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed.addressing import Plan
+from testbed.errors import ConfigError
+from testbed.experiment_schema import Command, Iperf3Client, Iperf3Server, Ping, Process
+
+ROLE_OUTPUTS = {"iperf3_client": "json", "iperf3_server": "json", "ping": "text", "command": "text"}
+
+
+def argv_for(p: Process, plan: Plan, run_dir: Path, run_duration: float) -> list[str]:
+    """The command line that starts process `p` on its host."""
+    if isinstance(p, Iperf3Server):
+        return ["iperf3", "-s", "-p", str(p.port), "-J", "--forceflush"]
+    if isinstance(p, Iperf3Client):
+        secs = p.duration if p.duration is not None else max(1.0, run_duration - p.start)
+        argv = ["iperf3", "-c", plan.ip_of(p.server), "-p", str(p.port), "-t", f"{secs:g}",
+                "-C", p.congestion, "-J", "-i", "0.5", "-P", str(p.parallel)]
+        if p.bitrate:
+            argv += ["-b", p.bitrate]
+        if p.reverse:
+            argv.append("-R")
+        return argv
+    if isinstance(p, Ping):
+        return ["ping", "-n", "-c", str(p.count), "-i", f"{p.interval:g}", "-s", str(p.size),
+                plan.ip_of(p.target)]
+    if isinstance(p, Command):
+        return ["bash", "-c", expand(p.command, plan, run_dir)]
+    raise TypeError(f"unknown process kind {type(p).__name__}")
+
+
+def expand(template: str, plan: Plan, run_dir: Path) -> str:
+    def ip(m: re.Match[str]) -> str:
+        host = m.group(1)
+        if host not in plan.host_ips:
+            raise ConfigError(f"command: '{{ip:{host}}}' names an unknown host")
+        return plan.ip_of(host)
+
+    out = re.sub(r"\{ip:([A-Za-z_][A-Za-z0-9_]*)\}", ip, template)
+    return out.replace("{run_dir}", shlex.quote(str(run_dir)))
+
+
+@dataclass
+class Running:
+    spec: Process
+    argv: list[str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float
+    stopped_by_us: bool = False
+    ended_at: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name, "kind": self.spec.kind, "host": self.spec.host,
+            "argv": self.argv, "log": self.log_path.name, "started_at": self.started_at,
+            "ended_at": self.ended_at, "returncode": self.proc.returncode,
+            "stopped_by_runner": self.stopped_by_us,
+        }
+
+
+def start(node: Any, p: Process, argv: list[str], log_dir: Path, t_rel: float) -> Running:
+    ext = "json" if ROLE_OUTPUTS.get(p.kind) == "json" else "log"
+    log_path = log_dir / f"{p.name}.{ext}"
+    err_path = log_dir / f"{p.name}.stderr"
+    out = open(log_path, "wb")
+    err = open(err_path, "wb")
+    try:
+        proc = node.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    finally:
+        out.close()
+        err.close()
+    return Running(p, argv, proc, log_path, t_rel)
+
+
+def wait_listening(node: Any, port: int, timeout: float = 5.0) -> bool:
+    """Wait until something listens on TCP `port` in the node's namespace."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if f":{port} " in node.cmd(f"ss -Htln sport = :{port}"):
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,357 @@
+"""`chaintwin run`: build the network, run the timeline, collect, analyse, always tear down.
+
+Run folders are `results/<experiment>/<experiment>__<variant>__<seed>__<timestamp>/`.
+manifest.json is written at the start (status 'running') and rewritten at the end, so a
+crashed run still says what it was.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from testbed import analysis, capabilities, jobs, manifest, plots, processes
+from testbed.config import PROJECT_ROOT, LoadedExperiment
+from testbed.errors import EmulationError, ProcessFailed
+from testbed.experiment_schema import (
+    HostState,
+    Iperf3Client,
+    Iperf3Server,
+    LinkState,
+    ProcessControl,
+    SetLink,
+)
+from testbed.network import Network, _stop_process
+from testbed.progress import Progress
+from testbed.topology_schema import Shaping
+
+log = logging.getLogger("chaintwin.run")
+DEFAULT_RESULTS = PROJECT_ROOT / "results"
+
+
+def make_run_dir(results: Path, name: str, variant: str, seed: int) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = results / name / f"{name}__{variant}__{seed}__{stamp}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so `finally` blocks tear down."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM while tearing down, so cleanup is not cut short."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run(loaded: LoadedExperiment, results: Path = DEFAULT_RESULTS,
+        show_progress: bool = True) -> Path:
+    exp = loaded.experiment
+    run_dir = make_run_dir(results, exp.name, exp.variant, exp.seed)
+    man: dict[str, Any] = {
+        "experiment": exp.model_dump(mode="json"),
+        "experiment_file": str(loaded.path),
+        "overrides": list(loaded.overrides),
+        "run_id": run_dir.name,
+        "seed": exp.seed,
+        "mode": exp.mode,
+        "status": "running",
+        "started_at": manifest.now_iso(),
+        "git": manifest.git_state(),
+        "versions": manifest.versions(),
+    }
+    manifest.write(run_dir, man)
+    try:
+        if exp.mode == "simulation":
+            _run_simulation(loaded, run_dir, man, show_progress)
+        else:
+            _run_emulation(loaded, run_dir, man, show_progress)
+        man["status"] = "ok"
+    except KeyboardInterrupt as exc:
+        man["status"] = "interrupted"
+        man["error"] = f"interrupted ({exc or 'SIGINT'})"
+        raise
+    except BaseException as exc:
+        man["status"] = "failed"
+        man["error"] = f"{type(exc).__name__}: {exc}"
+        man["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        man["ended_at"] = manifest.now_iso()
+        manifest.write(run_dir, man)
+    return run_dir
+
+
+def _run_simulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
+                    show_progress: bool) -> None:
+    exp = loaded.experiment
+    assert exp.simulation is not None
+    spec = jobs.get(exp.simulation.job)
+    params = jobs.validate_params(exp, str(loaded.path))
+    man["simulation"] = {"job": exp.simulation.job, "params": params.model_dump(mode="json")}
+    manifest.write(run_dir, man)
+    prog = Progress(exp.name, 1.0)
+
+    def progress(frac: float, msg: str) -> None:
+        if show_progress:
+            prog.update(frac, msg)
+
+    with interrupts_raise():
+        jobs.resolve(spec.run)(params, jobs.JobContext(run_dir=run_dir, seed=exp.seed,
+                                                        progress=progress))
+    if show_progress:
+        prog.done()
+    man["artifacts"] = sorted(p.name for p in run_dir.iterdir() if p.name != "manifest.json")
+
+
+def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
+                   show_progress: bool) -> None:
+    exp = loaded.experiment
+    caps = capabilities.probe()
+    man["capabilities"] = caps.to_dict()
+    if not caps.can_emulate:
+        missing = [f"{c.name}: {c.fix}" for c in caps.checks if c.required and not c.ok]
+        raise EmulationError("this machine cannot run emulations:\n  " + "\n  ".join(missing)
+                             + "\n(`chaintwin doctor` shows the full report)")
+    for p in exp.processes:
+        if isinstance(p, Iperf3Client) and p.congestion not in caps.congestion_controls:
+            raise EmulationError(f"process {p.name}: congestion control {p.congestion!r} is not "
+                                 f"available here; available: {caps.congestion_controls}")
+    backend = caps.shaping_backend
+    assert backend in ("netem", "userspace")
+    topo = loaded.shaped_topology()
+    man["topology"] = topo.model_dump(mode="json")
+    man["topology_file"] = str(loaded.topology_path)
+    man["shaping_backend"] = backend
+    timeline_delay_links = {ev.link for ev in exp.timeline
+                            if isinstance(ev, SetLink) and ev.needs_delay_line}
+    net = Network(topo, backend, run_dir, exp.seed, timeline_delay_links)
+    man["addressing"] = {"host_ips": net.plan.host_ips, "routes": net.plan.routes}
+    man["shaping"] = [{"direction": d.key, "egress_intf": d.src_intf,
+                       "shaping": d.shaping.model_dump(exclude_none=True),
+                       "queue_num": d.queue_num or None} for d in net.directions]
+    logs = run_dir / "logs"
+    logs.mkdir()
+    from mininet.log import setLogLevel
+
+    setLogLevel("warning")
+    running: dict[str, processes.Running] = {}
+    captures: list[tuple[dict[str, Any], subprocess.Popen[bytes]]] = []
+    events_done: list[dict[str, Any]] = []
+    t0_wall = 0.0
+    try:
+        with interrupts_raise():
+            net.start()
+            man["commands"] = net.commands
+            manifest.write(run_dir, man)
+            for i, cap in enumerate(exp.captures):
+                intfs = [cap.intf] if cap.intf else [x.name for x in net.plan.intfs_of(cap.host)]
+                for intf in intfs:
+                    fname = f"capture_{cap.host}_{intf}.pcap"
+                    argv = ["tcpdump", "-n", "-i", intf, "-s", str(cap.snaplen), "-w",
+                            str(run_dir / fname), *cap.filter.split()]
+                    err = open(logs / f"tcpdump_{cap.host}_{intf}.log", "wb")
+                    proc = net.node(cap.host).popen(argv, stdin=subprocess.DEVNULL,
+                                                    stdout=err, stderr=err)
+                    err.close()
+                    captures.append(({"name": f"{cap.host}:{intf}", "file": fname,
+                                      "argv": argv}, proc))
+            _wait_captures_ready(logs, captures)
+            t0_wall = time.time()
+            man["timeline_t0_unix"] = t0_wall
+            _timeline(loaded, net, running, events_done, logs, run_dir,
+                      Progress(exp.name, exp.duration) if show_progress else None)
+    finally:
+        with interrupts_deferred():
+            for r in running.values():
+                if r.proc.poll() is None:
+                    r.stopped_by_us = True
+                    _stop_process(r.proc, sig=signal.SIGTERM)
+            for _, proc in captures:
+                _stop_process(proc, sig=signal.SIGINT)
+            try:
+                net.stop()
+            finally:
+                man["processes"] = [r.summary() for r in running.values()]
+                man["events"] = events_done
+                man["captures"] = [c for c, _ in captures]
+                man["delay_lines"] = net.delay_line_stats()
+                man["commands"] = net.commands
+                manifest.write(run_dir, man)
+    _analyse(run_dir, man, net, t0_wall)
+
+
+def _wait_captures_ready(logs: Path, captures: list[tuple[dict[str, Any], Any]]) -> None:
+    deadline = time.monotonic() + 5
+    for cap, proc in captures:
+        name = cap["name"].replace(":", "_")
+        path = logs / f"tcpdump_{name}.log"
+        while b"listening on" not in path.read_bytes():
+            if proc.poll() is not None:
+                raise EmulationError(f"tcpdump on {cap['name']} failed: {path.read_text()}")
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+
+
+def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, processes.Running],
+              events_done: list[dict[str, Any]], logs: Path, run_dir: Path,
+              prog: Progress | None) -> None:
+    exp = loaded.experiment
+    specs = {p.name: p for p in exp.processes}
+    servers = {(p.host, p.port): p.name for p in exp.processes if isinstance(p, Iperf3Server)}
+    queue: list[tuple[float, int, int, Any]] = []
+    seq = 0
+    for p in exp.processes:
+        order = 0 if isinstance(p, Iperf3Server) else 1
+        queue.append((p.start, order, seq, ProcessControl(at=p.start, action="start",
+                                                          process=p.name)))
+        seq += 1
+        if p.stop is not None:
+            queue.append((p.stop, 0, seq, ProcessControl(at=p.stop, action="stop",
+                                                         process=p.name)))
+            seq += 1
+    for ev in exp.timeline:
+        queue.append((ev.at, 2, seq, ev))
+        seq += 1
+    heapq.heapify(queue)
+    start = time.monotonic()
+    while True:
+        now = time.monotonic() - start
+        while queue and queue[0][0] <= now:
+            _, _, _, ev = heapq.heappop(queue)
+            record = _do_event(ev, net, running, specs, servers, logs, run_dir, exp.duration, now)
+            events_done.append(record)
+        _check_processes(running)
+        net.check_delay_lines()
+        if now >= exp.duration:
+            break
+        if exp.until_done and not queue and all(
+                r.proc.poll() is not None for r in running.values()
+                if not isinstance(r.spec, Iperf3Server)):
+            break
+        if prog is not None:
+            nxt = f"next: {queue[0][3].action} at {queue[0][0]:g} s" if queue else ""
+            prog.update(now, nxt)
+        wake = min(queue[0][0] if queue else exp.duration, exp.duration, now + 0.25)
+        time.sleep(max(0.0, wake - (time.monotonic() - start)))
+    if prog is not None:
+        prog.done()
+
+
+def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
+              specs: dict[str, Any], servers: dict[tuple[str, int], str], logs: Path,
+              run_dir: Path, duration: float, now: float) -> dict[str, Any]:
+    rec: dict[str, Any] = {"at": ev.at, "actual_s": round(now, 4), "action": ev.action}
+    if isinstance(ev, ProcessControl):
+        rec["process"] = ev.process
+        spec = specs[ev.process]
+        if ev.action == "start":
+            if isinstance(spec, Iperf3Client):
+                srv = servers.get((spec.server, spec.port))
+                if srv and srv in running:
+                    processes.wait_listening(net.node(spec.server), spec.port)
+            argv = processes.argv_for(spec, net.plan, run_dir, duration)
+            running[spec.name] = processes.start(net.node(spec.host), spec, argv, logs, now)
+            if isinstance(spec, Iperf3Server) and not processes.wait_listening(
+                    net.node(spec.host), spec.port):
+                raise EmulationError(f"iperf3 server {spec.name} is not listening on "
+                                     f"{spec.host}:{spec.port}")
+        elif ev.process in running and running[ev.process].proc.poll() is None:
+            running[ev.process].stopped_by_us = True
+            _stop_process(running[ev.process].proc)
+    elif isinstance(ev, SetLink):
+        rec["link"] = ev.link
+        change = Shaping.model_validate(ev.model_dump(include=set(Shaping.model_fields)))
+        rec["change"] = change.model_dump(exclude_none=True)
+        rec["done"] = net.set_link(ev.link, change)
+    elif isinstance(ev, LinkState):
+        rec["link"] = ev.link
+        net.set_link_state(ev.link, ev.action == "link_up")
+    elif isinstance(ev, HostState):
+        rec["host"] = ev.host
+        net.set_host_state(ev.host, ev.action == "host_up")
+    log.info("t=%.2f %s", now, rec)
+    return rec
+
+
+def _check_processes(running: dict[str, processes.Running]) -> None:
+    for r in running.values():
+        code = r.proc.poll()
+        if code is None or r.ended_at is not None:
+            continue
+        r.ended_at = time.time()
+        if code != 0 and not r.stopped_by_us and r.spec.must_succeed():
+            err = r.log_path.with_suffix(".stderr")
+            tail = err.read_text(errors="replace")[-400:] if err.exists() else ""
+            if not tail.strip():
+                tail = r.log_path.read_text(errors="replace")[-400:]
+            raise ProcessFailed(f"process {r.spec.name} on {r.spec.host} exited with {code}: "
+                                f"{tail.strip()}")
+
+
+def _analyse(run_dir: Path, man: dict[str, Any], net: Network, t0: float) -> None:
+    exp = man["experiment"]
+    names: dict[tuple[str, int], str] = {}
+    clients = []
+    for p in exp.get("processes", []):
+        if p["kind"] == "iperf3_client":
+            names[(net.plan.ip_of(p["server"]), p["port"])] = p["name"]
+            log_name = next((r["log"] for r in man.get("processes", []) if r["name"] == p["name"]),
+                            f"{p['name']}.json")
+            clients.append({"name": p["name"], "log": log_name, "congestion": p["congestion"]})
+    made = []
+    if man.get("captures"):
+        made.append(analysis.write_throughput(run_dir, man["captures"], t0, names).name)
+        made.append(analysis.FLOWS_CSV)
+    out = analysis.iperf3_summary(run_dir, clients)
+    if out is not None:
+        made.append(out.name)
+    fig = plots.throughput_figure(run_dir, man)
+    if fig is not None:
+        made.append(fig.name)
+    man["artifacts"] = made
+    manifest.write(run_dir, man)
+
+
+def report(run_dir: Path) -> list[Path]:
+    """Redraw a run's figures from its saved artifacts only."""
+    man = manifest.read(run_dir)
+    if man.get("mode") == "simulation":
+        spec = jobs.get(man["simulation"]["job"])
+        if spec.report is None:
+            return []
+        return list(jobs.resolve(spec.report)(run_dir) or [])
+    fig = plots.throughput_figure(run_dir, man)
+    return [fig] if fig else []
