@@ -154,7 +154,9 @@ def load_topology(path: Path) -> Topology:
     return validate(Topology, read_yaml(path), str(path))
 
 
-def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedExperiment:
+def load_experiment(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> LoadedExperiment:
     path = Path(path).resolve()
     data = apply_overrides(read_yaml(path), overrides)
     source = f"{path}" + (f" (with --set {' '.join(overrides)})" if overrides else "")

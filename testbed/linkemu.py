@@ -193,7 +193,8 @@ class DelayLine:
         return 0
 
     def _receive(self) -> None:
-        recv_into, handle, h, buf = self.sock.recv_into, self.lib.nfq_handle_packet, self.h, self.buf
+        recv_into, handle = self.sock.recv_into, self.lib.nfq_handle_packet
+        h, buf = self.h, self.buf
         for _ in range(256):
             try:
                 n = recv_into(self.view)
@@ -254,7 +255,7 @@ def serve(line: DelayLine, control_fd: int | None) -> None:
         now = time.monotonic()
         # poll() has millisecond resolution: wake up to 1 ms early, then spin.
         timeout = 100 if nxt is None else max(0, int((nxt - now) * 1000))
-        for fd, ev in poller.poll(timeout):
+        for fd, _ in poller.poll(timeout):
             if fd == line.fd:
                 line._receive()
             elif fd == control_fd:

@@ -27,7 +27,8 @@ def git_state() -> dict[str, Any]:
             return ""
 
     commit = git("rev-parse", "HEAD")
-    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain")) if commit else None}
+    dirty = bool(git("status", "--porcelain")) if commit else None
+    return {"commit": commit or None, "dirty": dirty}
 
 
 def versions() -> dict[str, str | None]:

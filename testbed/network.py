@@ -137,7 +137,8 @@ class Network:
                        for s in self.topo.switches.values())
         for name, spec in self.topo.hosts.items():
             h = self.node(name)
-            h.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+            h.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                  "net.ipv6.conf.default.disable_ipv6=1")
             h.cmd(f"sysctl -qw net.ipv4.ip_forward={1 if spec.forwards else 0}")
             h.cmd("sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0")
             # Packets held in a delay line on a sender's own egress still count against

@@ -175,7 +175,7 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
             net.start()
             man["commands"] = net.commands
             manifest.write(run_dir, man)
-            for i, cap in enumerate(exp.captures):
+            for cap in exp.captures:
                 intfs = [cap.intf] if cap.intf else [x.name for x in net.plan.intfs_of(cap.host)]
                 for intf in intfs:
                     fname = f"capture_{cap.host}_{intf}.pcap"

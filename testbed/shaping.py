@@ -69,7 +69,9 @@ class Direction:
         raise ValueError(f"{self.key}: a delay line needs a host at one end")
 
 
-def directions(topo: Topology, plan: Plan, extra_delay_links: set[str] = frozenset()) -> list[Direction]:  # type: ignore[assignment]
+def directions(
+    topo: Topology, plan: Plan, extra_delay_links: set[str] | frozenset[str] = frozenset()
+) -> list[Direction]:
     """Shaped directions of every link, in topology order.
 
     `extra_delay_links` names links that get a delay line even if they start without
