@@ -112,6 +112,9 @@ class Counters:
     max_held: int = 0
     enobufs: int = 0
     late_release_max_us: int = 0
+    release_rounds: int = 0
+    late_over_1ms: int = 0
+    """Release rounds whose first packet left more than 1 ms after its release time."""
     control_errors: int = 0
 
 
@@ -221,14 +224,25 @@ class DelayLine:
             # so one batch verdict releases them all.
             self.lib.nfq_set_verdict_batch(qh, last_id, NF_ACCEPT)
             c.released += n
-            late = int((now - t0) * 1e6)
-            if late > c.late_release_max_us:
-                c.late_release_max_us = late
+            if now != float("inf"):
+                self._note_lateness(now - t0)
         heap = self.heap
+        if heap and heap[0][0] <= now and now != float("inf"):
+            self._note_lateness(now - heap[0][0])
         while heap and heap[0][0] <= now:
             _, pid = heapq.heappop(heap)
             verdict(qh, pid, NF_ACCEPT, 0, None)
             c.released += 1
+
+    def _note_lateness(self, late_s: float) -> None:
+        """How late the earliest due packet of a release round went out."""
+        c = self.counters
+        c.release_rounds += 1
+        late = int(late_s * 1e6)
+        if late > c.late_release_max_us:
+            c.late_release_max_us = late
+        if late > 1000:
+            c.late_over_1ms += 1
 
     def next_release(self) -> float | None:
         times = [q[0][0] for q in (self.fifo, self.heap) if q]
@@ -245,17 +259,15 @@ class DelayLine:
 
 
 def serve(line: DelayLine, control_fd: int | None) -> None:
-    poller = select.poll()
-    poller.register(line.fd, select.POLLIN)
-    if control_fd is not None:
-        poller.register(control_fd, select.POLLIN | select.POLLHUP)
+    # select() takes a microsecond timeout (poll() only milliseconds, which made the
+    # loop spin through the last millisecond before every release).
+    fds = [line.fd] if control_fd is None else [line.fd, control_fd]
     pending = b""
     while True:
         nxt = line.next_release()
-        now = time.monotonic()
-        # poll() has millisecond resolution: wake up to 1 ms early, then spin.
-        timeout = 100 if nxt is None else max(0, int((nxt - now) * 1000))
-        for fd, _ in poller.poll(timeout):
+        timeout = 0.1 if nxt is None else max(0.0, nxt - time.monotonic())
+        ready, _, _ = select.select(fds, [], [], timeout)
+        for fd in ready:
             if fd == line.fd:
                 line._receive()
             elif fd == control_fd:
@@ -292,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(args.delay_us, args.jitter_us, args.loss, args.reorder, args.gso)
     settings.update({})
     line = DelayLine(args.queue, settings, args.seed)
-    stop = {"now": False}
-
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -303,14 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(line, None if args.no_control else sys.stdin.fileno())
     except KeyboardInterrupt:
-        stop["now"] = True
+        pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         line.close()
+        t = os.times()
         result = {"name": args.name, "queue": args.queue, "settings": asdict(line.settings),
-                  "counters": asdict(line.counters)}
+                  "counters": asdict(line.counters), "cpu_s": round(t.user + t.system, 3)}
         if args.stats:
-            with open(args.stats, "w") as fh:
+            tmp = args.stats + ".tmp"
+            with open(tmp, "w") as fh:
                 json.dump(result, fh, indent=1)
+            os.replace(tmp, args.stats)
         print(json.dumps(result), flush=True)
     return 0
 

@@ -141,6 +141,10 @@ class Network:
                   "net.ipv6.conf.default.disable_ipv6=1")
             h.cmd(f"sysctl -qw net.ipv4.ip_forward={1 if spec.forwards else 0}")
             h.cmd("sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0")
+            # Windows must fit the BDP of 2 Gbit/s x 200 ms (50 MB); the ABN paper raised
+            # tcp_wmem the same way. These sysctls are per network namespace.
+            h.cmd("sysctl -qw net.ipv4.tcp_rmem='4096 131072 268435456' "
+                  "net.ipv4.tcp_wmem='4096 16384 268435456'")
             # Packets held in a delay line on a sender's own egress still count against
             # TCP small queues; let them not throttle the sender.
             h.cmd("sysctl -qw net.ipv4.tcp_limit_output_bytes=268435456")
@@ -228,7 +232,10 @@ class Network:
         out = {}
         for key, dl in self.delay_lines.items():
             if dl.stats_path.exists():
-                out[key] = json.loads(dl.stats_path.read_text())
+                try:
+                    out[key] = json.loads(dl.stats_path.read_text())
+                except ValueError as exc:
+                    out[key] = {"error": f"unreadable stats {dl.stats_path.name}: {exc}"}
         return out
 
     def stop(self) -> None:
@@ -270,6 +277,10 @@ def _stop_process(proc: subprocess.Popen[bytes], close_stdin: bool = False,
         try:
             proc.stdin.close()
         except OSError:
+            pass
+        try:  # end of input is the polite stop; give it time to flush its stats
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
             pass
     if proc.poll() is None:
         try:

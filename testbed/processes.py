@@ -24,7 +24,8 @@ def argv_for(p: Process, plan: Plan, run_dir: Path, run_duration: float) -> list
     if isinstance(p, Iperf3Client):
         secs = p.duration if p.duration is not None else max(1.0, run_duration - p.start)
         argv = ["iperf3", "-c", plan.ip_of(p.server), "-p", str(p.port), "-t", f"{secs:g}",
-                "-C", p.congestion, "-J", "-i", "0.5", "-P", str(p.parallel)]
+                "-C", p.congestion, "-J", "-i", "0.5", "-P", str(p.parallel),
+                "--get-server-output"]  # the receiver's per-interval view, in the same JSON
         if p.bitrate:
             argv += ["-b", p.bitrate]
         if p.reverse:

@@ -31,6 +31,7 @@ def error(tmp_path: Path, exp: dict, topo: dict | None = None, overrides=()) -> 
     return str(info.value)
 
 
+@pytest.mark.smoke
 def test_shipped_files_are_valid():
     for path in sorted((PROJECT_ROOT / "topologies").glob("*.yaml")):
         config.load_topology(path)
@@ -43,6 +44,7 @@ def test_unknown_field_names_path_and_file(tmp_path):
     assert "exp.yaml" in msg and "procesess" in msg and "Extra inputs" in msg
 
 
+@pytest.mark.smoke
 def test_bad_rate_names_link_field(tmp_path):
     msg = error(tmp_path, {"links": {"neck": {"bw": "fast"}}})
     assert "links.neck.bw" in msg and "expected a rate" in msg and "'fast'" in msg
@@ -100,6 +102,7 @@ def test_overrides_apply_and_validate(tmp_path):
     assert loaded.shaped_topology().link("neck").delay_s == pytest.approx(0.005)
 
 
+@pytest.mark.smoke
 def test_bad_override_path_and_value(tmp_path):
     p = write(tmp_path, {"processes": [{"name": "c", "kind": "ping", "host": "a", "target": "b"}]})
     with pytest.raises(ConfigError, match=r"links\.neck\.bandwidth: Extra inputs"):

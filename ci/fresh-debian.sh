@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The honest check that the README works on a fresh machine: build a minimal Debian
+# root with debootstrap, copy a clean clone of this project (HEAD, committed files only)
+# into it, and run the README's two commands inside it as root (chroot with /proc,
+# /sys, /dev mounted, and unmounted again whatever happens).
+#
+#   ci/fresh-debian.sh [TARGET_DIR]        (as root; default /var/tmp/chaintwin-fresh)
+#
+# The Debian mirror and the pip index are the ones this machine's apt and pip already
+# use (read from its configuration), so nothing else is reached. The host's kernel runs
+# the emulation: run no other Mininet meanwhile.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+target=${1:-/var/tmp/chaintwin-fresh}
+suite=${SUITE:-bookworm}
+log() { printf '[fresh-debian %s] %s\n' "$(date +%T)" "$*"; }
+[ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
+
+mirror=${MIRROR:-}
+if [ -z "$mirror" ]; then
+  mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list \
+           | grep -v security | head -1 | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//; s/ .*//')
+fi
+[ -n "$mirror" ] || { echo "cannot tell this machine's Debian mirror; set MIRROR=" >&2; exit 1; }
+
+mounted=()
+cleanup() {
+  for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+start=$(date +%s)
+if ! command -v debootstrap >/dev/null; then
+  log "installing debootstrap"
+  apt-get install -y -q debootstrap >/dev/null
+fi
+if [ ! -x "$target/usr/bin/apt-get" ]; then
+  log "debootstrap $suite (minbase) into $target"
+  rm -rf "$target"
+  debootstrap --variant=minbase "$suite" "$target" "$mirror" >/dev/null
+fi
+log "root ready after $(( $(date +%s) - start )) s; $(chroot "$target" dpkg-query -W | wc -l) packages"
+
+for m in proc sys dev dev/pts; do
+  mkdir -p "$target/$m"
+  case $m in
+    proc) mount -t proc proc "$target/proc" ;;
+    sys) mount -t sysfs sys "$target/sys" ;;
+    *) mount --bind "/$m" "$target/$m" ;;
+  esac
+  mounted+=("$target/$m")
+done
+mkdir -p "$target/run/netns" "$target/var/run"
+cp /etc/resolv.conf "$target/etc/resolv.conf"
+# Same registries as this machine: apt proxy settings and pip configuration, if any.
+cp -f /etc/apt/apt.conf.d/*proxy* "$target/etc/apt/apt.conf.d/" 2>/dev/null || true
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$target/etc/pip.conf"
+[ -f /root/.config/pip/pip.conf ] && mkdir -p "$target/root/.config/pip" \
+  && cp /root/.config/pip/pip.conf "$target/root/.config/pip/"
+
+rm -rf "$target/root/chaintwin"
+git clone -q --no-hardlinks "$here" "$target/root/chaintwin"
+before=$(chroot "$target" dpkg-query -W | wc -l)
+
+readme_cmds=$(awk '/^```/{f=!f; next} f && NF && !/^#/' "$here/README.md" | head -2)
+log "README commands:"; printf '    %s\n' "$readme_cmds"
+n=0
+while IFS= read -r cmd; do
+  n=$((n + 1)); t=$(date +%s)
+  log "command $n: $cmd"
+  chroot "$target" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb \
+    /bin/bash -c "cd /root/chaintwin && $cmd" 2>&1 | tail -25
+  rc=${PIPESTATUS[0]}
+  log "command $n exited $rc after $(( $(date +%s) - t )) s"
+  [ "$rc" -eq 0 ] || exit "$rc"
+done <<< "$readme_cmds"
+after=$(chroot "$target" dpkg-query -W | wc -l)
+log "both README commands passed in a bare $suite root; apt packages $before -> $after; total $(( $(date +%s) - start )) s"

@@ -1,0 +1,118 @@
+"""Environment, agents, what-if, calibration and job wiring."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from testbed.config import load_experiment
+from testbed.jobs import JobContext
+from twin.agentplus import AgentPlus
+from twin.agents import QAgent, QSettings
+from twin.calibration import calibrate, estimate
+from twin.env import ChainTwinEnv, EnvSettings, PaperStateEncoder
+from twin.model import ChainModel, ModelConfig
+from twin.scenarios import Interval, Outage, Scenario, generate, load_workload
+from twin.whatif import WhatIfOptimiser
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_check_env_passes():
+    env = ChainTwinEnv(load_workload("wl1"), EnvSettings(step_seconds=20.0))
+    check_env(env, skip_render_check=True)
+
+
+def test_paper_state():
+    env = ChainTwinEnv(Scenario("s", 1, 3, 30.0, (10, 10, 10),
+                                (Interval(0, 30, 20, 300, (2.4, 7.6, 19.5)),),
+                                (Outage(1, 0.0, 30.0),)))
+    obs, info = env.reset(seed=0)
+    assert tuple(obs) == (1, 2, 20) == info["key"]
+    assert PaperStateEncoder().space.contains(obs)
+
+
+def test_q_agent_learns_toy_best_action():
+    agent = QAgent(2, QSettings(epsilon_decay_episodes=20), seed=0)
+    rng = np.random.default_rng(0)
+    for ep in range(60):
+        for s in (0, 1):
+            a = agent.act((s,), agent.epsilon(ep))
+            reward = -1.0 if a == s else -2.0 + rng.normal(0, 0.1)
+            agent.train_step((s,), a, reward, (s,), True)
+    assert agent.act((0,)) == 0 and agent.act((1,)) == 1
+
+
+def test_q_agent_save_load(tmp_path):
+    agent = QAgent(2, seed=1)
+    agent.train_step((1, 2, 3), 1, -2.0, (1, 2, 3), True)
+    agent.save(tmp_path / "q.json")
+    back = QAgent.load(tmp_path / "q.json")
+    assert np.allclose(back.q[(1, 2, 3)], agent.q[(1, 2, 3)])
+
+
+def test_whatif_prefers_pbft_with_a_node_down_and_agent_plus_learns_it():
+    sc = Scenario("down", 5, 5, 60.0, (10,) * 5, (Interval(0, 60, 100, 500, (20.0,) * 5),),
+                  (Outage(4, 0.0, 60.0),))
+    model = ChainModel(sc, ModelConfig(), "bigfoot")
+    model.run_until(10.0)
+    wl = load_workload("wl1")
+    opt = WhatIfOptimiser(wl.generator, 10.0, seed=0)
+    lat = opt.evaluate(model)
+    assert lat[0] < lat[1]  # pbft, bigfoot
+    plus = AgentPlus(QAgent(2, seed=0), WhatIfOptimiser(wl.generator, 10.0, seed=0))
+    key = (1, 20, 20)
+    assert plus.act(key, model) == 0 and plus.whatif_decisions == 1
+    assert plus.act(key, model) == 0 and plus.agent_decisions == 1
+
+
+def test_calibration_recovers_known_parameters():
+    speeds = (4.0, 6.0, 8.0, 10.0, 12.0)
+    sc = Scenario("cal", 3, 5, 60.0, (10, 20, 30, 40, 50),
+                  (Interval(0, 60, 120.0, 800, speeds),), (Outage(2, 50.0, 60.0),))
+    truth = ChainModel(sc, ModelConfig(records="all"), "pbft")
+    truth.run_until(60.0)
+    est = estimate(truth.records, truth.cfg)
+    assert est.up == {"n0": True, "n1": True, "n2": False, "n3": True, "n4": True}
+    for i, s in enumerate(speeds[:-1]):
+        assert est.link_mbps[f"n{i}"] == pytest.approx(s, rel=0.02)
+    assert est.link_mbps["n4"] == pytest.approx(10.0, rel=0.02)  # fastest: 2nd-fastest
+    for i, lat in enumerate((10, 20, 30, 40, 50)):
+        assert est.latency_ms[f"n{i}"] == pytest.approx(lat, abs=1.5)
+    assert est.tx_size == pytest.approx(800)
+    assert est.tps == pytest.approx(120, rel=0.1)
+    # and the hook updates a model whose beliefs were wrong
+    wrong = Scenario("w", 3, 5, 60.0, (25,) * 5, (Interval(0, 60, 50.0, 300, (1.0,) * 5),))
+    twin = ChainModel(wrong, ModelConfig(), "pbft")
+    calibrate(twin, truth.records)
+    assert twin.net.mbps[0] == pytest.approx(4.0, rel=0.02)
+    assert not twin.nodes[2].up and twin.current.tx_size == 800
+
+
+def test_workloads_are_reproducible_and_replayable(tmp_path):
+    wl = load_workload("wl2")
+    a, b = wl.scenario(9), wl.scenario(9)
+    assert a == b and a != wl.scenario(10)
+    a.save(tmp_path / "wl2.json")
+    assert Scenario.load(tmp_path / "wl2.json") == a
+    replay = Scenario.load(tmp_path / "wl2.json")
+    assert np.array_equal(a.tx_stream().times, replay.tx_stream().times)
+    assert all(len(iv.link_mbps) == 5 for iv in generate(wl.generator, 3).intervals)
+
+
+@pytest.mark.parametrize("name", ["fig4a", "fig4b", "fig5"])
+def test_experiment_files_validate(name):
+    loaded = load_experiment(ROOT / "experiments" / "paper" / f"{name}.yaml")
+    assert loaded.experiment.simulation.job == f"twin.{name}"
+
+
+def test_fig4a_and_fig5_jobs_run_small(tmp_path):
+    from twin.figures import Fig4aSettings, Fig5Settings, run_fig4a, run_fig5
+
+    ctx = JobContext(run_dir=tmp_path, seed=3, progress=lambda f, m: None)
+    res = run_fig4a(Fig4aSettings(seeds=2, episodes=2), ctx)
+    assert set(res) == {"agent", "pbft", "bigfoot"}
+    assert (tmp_path / "fig4a.png").stat().st_size > 0
+    res5 = run_fig5(Fig5Settings(seeds=1, episodes=1, eval_episodes=1), ctx)
+    assert res5["runtime_ratio"] > 0 and (tmp_path / "fig5.png").exists()

@@ -1,0 +1,18 @@
+"""Registers the twin's simulation jobs (`mode: simulation` experiments)."""
+
+from __future__ import annotations
+
+from testbed.jobs import JobSpec, register
+
+register("twin.fig4a", JobSpec(
+    params="twin.figures:Fig4aSettings", run="twin.figures:run_fig4a",
+    report="twin.figures:report_fig4a",
+    summary="Twin paper fig. 4a: Q-agent training on WL1 vs always-PBFT and always-BigFoot"))
+register("twin.fig4b", JobSpec(
+    params="twin.figures:Fig4bSettings", run="twin.figures:run_fig4b",
+    report="twin.figures:report_fig4b",
+    summary="Twin paper fig. 4b: agent, agent+, PBFT, BigFoot (and what-if) on drifted WL2"))
+register("twin.fig5", JobSpec(
+    params="twin.figures:Fig5Settings", run="twin.figures:run_fig5",
+    report="twin.figures:report_fig5",
+    summary="Twin paper fig. 5: decision runtime of what-if optimisation vs agent+ on WL2"))

@@ -1,0 +1,189 @@
+"""Scenarios and the scenario generator (twin paper, section 4).
+
+A scenario is what the world does to the chain: transactions per second, transaction
+size, node state (when and for how long nodes go offline) and network state (per-node
+link speeds), changing every interval TI. Workloads are named generator settings
+(twin/workloads/*.yaml) plus a seed, so WL1 and WL2 can be regenerated or replayed from
+the saved JSON of the scenario itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from twin.workload import TxStream, poisson_arrivals
+
+WORKLOAD_DIR = Path(__file__).resolve().parent / "workloads"
+
+
+@dataclass(frozen=True)
+class Interval:
+    start: float
+    end: float
+    tps: float
+    tx_size: int
+    link_mbps: tuple[float, ...]
+    """Per-node access-link speed in Mbit/s during the interval."""
+
+
+@dataclass(frozen=True)
+class Outage:
+    node: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    seed: int
+    n_nodes: int
+    duration: float
+    latency_ms: tuple[float, ...]
+    """Per-node one-way propagation latency; a link's delay is the sum of its two ends."""
+    intervals: tuple[Interval, ...]
+    outages: tuple[Outage, ...] = ()
+
+    def interval_at(self, t: float) -> Interval:
+        for iv in self.intervals:
+            if iv.start <= t < iv.end:
+                return iv
+        return self.intervals[-1]
+
+    def offline_at(self, t: float) -> set[int]:
+        return {o.node for o in self.outages if o.start <= t < o.end}
+
+    def tx_stream(self) -> TxStream:
+        """The scenario's transactions, drawn reproducibly from its seed."""
+        rng = np.random.default_rng([self.seed, 0x7E])
+        parts = [poisson_arrivals(rng, iv.start, iv.end, iv.tps, iv.tx_size)
+                 for iv in self.intervals]
+        times = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+        sizes = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        return TxStream(times, sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scenario:
+        return cls(
+            name=d["name"], seed=int(d["seed"]), n_nodes=int(d["n_nodes"]),
+            duration=float(d["duration"]), latency_ms=tuple(d["latency_ms"]),
+            intervals=tuple(Interval(iv["start"], iv["end"], iv["tps"], iv["tx_size"],
+                                     tuple(iv["link_mbps"])) for iv in d["intervals"]),
+            outages=tuple(Outage(**o) for o in d.get("outages", ())),
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Scenario:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+Range = tuple[float, float]
+
+
+class GeneratorSettings(BaseModel):
+    """Distributions the scenario generator draws from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_nodes: int = Field(default=5, ge=2)
+    """Nodes in the chain (all are block producers in the paper's setup)."""
+    duration: float = Field(default=300.0, gt=0)
+    """Seconds of simulated time the scenario covers (one episode)."""
+    interval: float = Field(default=60.0, gt=0)
+    """TI: the world changes state every this many seconds."""
+    tps: Range = (50.0, 200.0)
+    """Transactions per second, uniform per interval."""
+    tx_size: Range = (200.0, 1500.0)
+    """Transaction size in bytes, uniform per interval."""
+    link_mbps: Range = (1.0, 20.0)
+    """Network base speed in Mbit/s, uniform per interval."""
+    heterogeneity: Range = (0.0, 0.9)
+    """Per interval h is drawn from this range; each node's speed is base * (1 - h * U(0,1))."""
+    latency_ms: Range = (5.0, 40.0)
+    """Per-node one-way propagation latency, fixed for the scenario."""
+    outage_prob: float = Field(default=0.5, ge=0, le=1)
+    """Chance that an interval contains a node going offline."""
+    outage_duration: Range = (10.0, 60.0)
+    """Seconds a node stays offline."""
+    max_offline: int = Field(default=1, ge=0)
+    """At most this many nodes offline at once (keep <= f for liveness)."""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> GeneratorSettings:
+        for name in ("tps", "tx_size", "link_mbps", "heterogeneity", "latency_ms",
+                     "outage_duration"):
+            lo, hi = getattr(self, name)
+            if lo > hi or lo < 0:
+                raise ValueError(f"{name}: need 0 <= low <= high, got ({lo}, {hi})")
+        if self.link_mbps[0] <= 0:
+            raise ValueError("link_mbps: speeds must be > 0")
+        if self.heterogeneity[1] >= 1:
+            raise ValueError("heterogeneity: must stay below 1")
+        return self
+
+
+def link_speeds(rng: np.random.Generator, s: GeneratorSettings) -> tuple[float, ...]:
+    base = rng.uniform(*s.link_mbps)
+    h = rng.uniform(*s.heterogeneity)
+    return tuple(float(base * (1.0 - h * u)) for u in rng.uniform(0, 1, s.n_nodes))
+
+
+def generate(settings: GeneratorSettings, seed: int, name: str = "scenario") -> Scenario:
+    """Draw a random scenario; the same (settings, seed) always gives the same one."""
+    rng = np.random.default_rng([seed, 0x5CE])
+    s = settings
+    latency = tuple(float(x) for x in rng.uniform(*s.latency_ms, s.n_nodes))
+    intervals: list[Interval] = []
+    outages: list[Outage] = []
+    t = 0.0
+    while t < s.duration - 1e-9:
+        end = min(t + s.interval, s.duration)
+        intervals.append(Interval(t, end, float(rng.uniform(*s.tps)),
+                                  int(rng.uniform(*s.tx_size)), link_speeds(rng, s)))
+        if s.max_offline > 0 and rng.uniform() < s.outage_prob:
+            node = int(rng.integers(s.n_nodes))
+            start = float(rng.uniform(t, end))
+            stop = min(start + float(rng.uniform(*s.outage_duration)), s.duration)
+            overlapping = [o for o in outages if o.start < stop and start < o.end]
+            if len(overlapping) < s.max_offline and all(o.node != node for o in overlapping):
+                outages.append(Outage(node, start, stop))
+        t = end
+    return Scenario(name, seed, s.n_nodes, s.duration, latency, tuple(intervals),
+                    tuple(outages))
+
+
+class WorkloadSpec(BaseModel):
+    """A named workload: generator settings; with a seed it is one reproducible scenario."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    """Workload name, e.g. 'wl1'."""
+    description: str = ""
+    """What this workload stands for."""
+    generator: GeneratorSettings = GeneratorSettings()
+    """The distributions its scenarios are drawn from."""
+
+    def scenario(self, seed: int) -> Scenario:
+        return generate(self.generator, seed, self.name)
+
+
+def load_workload(name_or_path: str) -> WorkloadSpec:
+    """Load twin/workloads/<name>.yaml (or a path to such a file)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = WORKLOAD_DIR / f"{name_or_path}.yaml"
+    return WorkloadSpec.model_validate(yaml.safe_load(path.read_text()))
