@@ -32,7 +32,8 @@ def test_quickstart_short_run_produces_results_and_cleans_up(tmp_path) -> None:
     rtt_min = float(re.search(r"= ([\d.]+)/", ping).group(1))
     assert 39.5 <= rtt_min <= 42.0
     # Both flows are in the pcap-derived table and together fill most of 100 Mbit/s.
-    flows = {r["flow"]: float(r["mean_ip_mbps"]) for r in csv.DictReader(open(run_dir / "flows.csv"))}
+    rows = csv.DictReader(open(run_dir / "flows.csv"))
+    flows = {r["flow"]: float(r["mean_ip_mbps"]) for r in rows}
     assert set(flows) == {"cubic", "bbr"}
     assert 60 <= sum(flows.values()) <= 104, flows
     # report redraws the figure from the saved CSVs.
