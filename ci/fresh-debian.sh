@@ -18,8 +18,9 @@ log() { printf '[fresh-debian %s] %s\n' "$(date +%T)" "$*"; }
 
 mirror=${MIRROR:-}
 if [ -z "$mirror" ]; then
-  mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list \
-           | grep -v security | head -1 | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//; s/ .*//')
+  mirror=$( { cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; } \
+           | grep -E '^(URIs:|deb )' | grep -v security | head -1 \
+           | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//; s/ .*//')
 fi
 [ -n "$mirror" ] || { echo "cannot tell this machine's Debian mirror; set MIRROR=" >&2; exit 1; }
 

@@ -51,6 +51,12 @@ class Report:
             "checks": [asdict(c) for c in self.checks],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return cls(checks=[Check(**c) for c in data["checks"]],
+                   shaping_backend=data["shaping_backend"],
+                   congestion_controls=list(data["congestion_controls"]), kernel=data["kernel"])
+
     def render(self) -> str:
         lines = [f"kernel {self.kernel}"]
         for c in self.checks:

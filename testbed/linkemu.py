@@ -97,12 +97,16 @@ class Settings:
     gso: bool = True
 
     def update(self, data: dict[str, object]) -> None:
+        """Apply a change; a bad change raises and leaves the settings as they were."""
+        new = Settings(**asdict(self))
         for key, value in data.items():
             if key not in self.__dataclass_fields__:
                 raise ValueError(f"unknown setting {key!r}")
-            setattr(self, key, type(getattr(self, key))(value))
-        if self.delay_us < 0 or self.jitter_us < 0 or not 0 <= self.loss <= 1:
-            raise ValueError(f"invalid settings {asdict(self)}")
+            setattr(new, key, type(getattr(self, key))(value))
+        if new.delay_us < 0 or new.jitter_us < 0 or not 0 <= new.loss <= 1:
+            raise ValueError(f"invalid settings {asdict(new)}")
+        for key in data:
+            setattr(self, key, getattr(new, key))
 
 
 @dataclass
@@ -180,7 +184,7 @@ class DelayLine:
             self.lib.nfq_set_verdict(self.qh, pid, NF_DROP, 0, None)
             return 0
         now = time.monotonic()
-        delay = s.delay_us
+        delay: float = s.delay_us
         if s.jitter_us:
             delay = max(0.0, delay + self.rng.uniform(-s.jitter_us, s.jitter_us))
         release = now + delay * 1e-6
@@ -290,7 +294,7 @@ def serve(line: DelayLine, control_fd: int | None) -> None:
         for fd in ready:
             if fd == line.fd:
                 line._receive()
-            elif fd == control_fd:
+            elif control_fd is not None and fd == control_fd:
                 chunk = os.read(control_fd, 65536)
                 if not chunk:
                     return

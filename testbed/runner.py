@@ -32,6 +32,7 @@ from testbed.experiment_schema import (
 )
 from testbed.network import Network, _stop_process
 from testbed.progress import Progress
+from testbed.shaping import Backend
 from testbed.topology_schema import Shaping
 
 log = logging.getLogger("chaintwin.run")
@@ -91,6 +92,7 @@ def run(loaded: LoadedExperiment, results: Path = DEFAULT_RESULTS,
         "git": manifest.git_state(),
         "versions": manifest.versions(),
     }
+    man["capabilities"] = capabilities.probe().to_dict()
     manifest.write(run_dir, man)
     try:
         if exp.mode == "simulation":
@@ -138,8 +140,7 @@ def _run_simulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any]
 def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                    show_progress: bool) -> None:
     exp = loaded.experiment
-    caps = capabilities.probe()
-    man["capabilities"] = caps.to_dict()
+    caps = capabilities.Report.from_dict(man["capabilities"])
     if not caps.can_emulate:
         missing = [f"{c.name}: {c.fix}" for c in caps.checks if c.required and not c.ok]
         raise EmulationError("this machine cannot run emulations:\n  " + "\n  ".join(missing)
@@ -148,8 +149,7 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
         if isinstance(p, Iperf3Client) and p.congestion not in caps.congestion_controls:
             raise EmulationError(f"process {p.name}: congestion control {p.congestion!r} is not "
                                  f"available here; available: {caps.congestion_controls}")
-    backend = caps.shaping_backend
-    assert backend in ("netem", "userspace")
+    backend: Backend = "netem" if caps.shaping_backend == "netem" else "userspace"
     topo = loaded.shaped_topology()
     man["topology"] = topo.model_dump(mode="json")
     man["topology_file"] = str(loaded.topology_path)

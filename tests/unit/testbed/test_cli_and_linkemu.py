@@ -1,0 +1,48 @@
+"""CLI behaviour a user relies on, and the delay line's settings checks (no root)."""
+
+import json
+
+import pytest
+
+from testbed import capabilities, cli
+from testbed.config import PROJECT_ROOT
+from testbed.linkemu import Settings
+
+
+def test_validate_reports_bad_file_with_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntopology: ../topologies/dumbbell.yaml\nduration: soon\n")
+    assert cli.main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "duration" in err
+
+
+def test_validate_accepts_shipped_experiments(capsys):
+    assert cli.main(["validate", str(PROJECT_ROOT / "experiments" / "quickstart.yaml")]) == 0
+    assert "quickstart" in capsys.readouterr().out
+
+
+def test_bad_set_path_is_reported(capsys):
+    qs = str(PROJECT_ROOT / "experiments" / "quickstart.yaml")
+    assert cli.main(["validate", qs, "--set", "links.bottleneck.speed=5"]) == 2
+    assert "links.bottleneck.speed" in capsys.readouterr().err
+
+
+def test_doctor_json_round_trips():
+    rep = capabilities.probe()
+    data = json.loads(json.dumps(rep.to_dict()))
+    again = capabilities.Report.from_dict(data)
+    assert again.can_emulate == rep.can_emulate
+    assert {c["name"] for c in data["checks"]} >= {"root", "mininet", "iperf3", "kernel:htb"}
+    assert "emulation:" in rep.render()
+
+
+def test_delay_line_settings_reject_nonsense():
+    s = Settings()
+    s.update({"delay_us": 5000, "loss": 0.01, "gso": False})
+    assert (s.delay_us, s.loss, s.gso) == (5000, 0.01, False)
+    with pytest.raises(ValueError, match="unknown setting"):
+        s.update({"latency": 3})
+    with pytest.raises(ValueError, match="invalid settings"):
+        s.update({"loss": 2, "delay_us": 9})
+    assert (s.delay_us, s.loss) == (5000, 0.01)  # a bad change loses nothing
