@@ -42,6 +42,9 @@ if [ ! -x "$target/usr/bin/apt-get" ]; then
 fi
 log "root ready after $(( $(date +%s) - start )) s; $(chroot "$target" dpkg-query -W | wc -l) packages"
 
+# The root must be a mount point, as on a machine (`ip netns exec` remounts it).
+mount --bind "$target" "$target"
+mounted+=("$target")
 for m in proc sys dev dev/pts; do
   mkdir -p "$target/$m"
   case $m in
@@ -53,11 +56,23 @@ for m in proc sys dev dev/pts; do
 done
 mkdir -p "$target/run/netns" "$target/var/run"
 cp /etc/resolv.conf "$target/etc/resolv.conf"
-# Same registries as this machine: apt proxy settings and pip configuration, if any.
-cp -f /etc/apt/apt.conf.d/*proxy* "$target/etc/apt/apt.conf.d/" 2>/dev/null || true
-[ -f /etc/pip.conf ] && cp /etc/pip.conf "$target/etc/pip.conf"
-[ -f /root/.config/pip/pip.conf ] && mkdir -p "$target/root/.config/pip" \
-  && cp /root/.config/pip/pip.conf "$target/root/.config/pip/"
+# Reach the registries the way this machine does: its apt settings, its pip
+# configuration, and the local CA certificates it trusts (a registry proxy may present
+# its own). Nothing of the project's is copied this way.
+cp -f /etc/apt/apt.conf.d/*proxy* /etc/apt/apt.conf.d/99artifact-registry \
+  "$target/etc/apt/apt.conf.d/" 2>/dev/null || true
+if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$target/usr/local/share/ca-certificates"
+  cp -a /usr/local/share/ca-certificates/. "$target/usr/local/share/ca-certificates/"
+fi
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  mkdir -p "$target/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$target/etc/ssl/certs/ca-certificates.crt"
+fi
+if [ -f /etc/pip.conf ]; then cp /etc/pip.conf "$target/etc/pip.conf"; fi
+if [ -f /root/.config/pip/pip.conf ]; then
+  mkdir -p "$target/root/.config/pip" && cp /root/.config/pip/pip.conf "$target/root/.config/pip/"
+fi
 
 rm -rf "$target/root/chaintwin"
 git clone -q --no-hardlinks "$here" "$target/root/chaintwin"
@@ -70,6 +85,8 @@ while IFS= read -r cmd; do
   n=$((n + 1)); t=$(date +%s)
   log "command $n: $cmd"
   chroot "$target" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb \
+    ${PIP_CERT:+PIP_CERT=$PIP_CERT} ${REQUESTS_CA_BUNDLE:+REQUESTS_CA_BUNDLE=$REQUESTS_CA_BUNDLE} \
+    ${SSL_CERT_FILE:+SSL_CERT_FILE=$SSL_CERT_FILE} \
     /bin/bash -c "cd /root/chaintwin && $cmd" 2>&1 | tail -25
   rc=${PIPESTATUS[0]}
   log "command $n exited $rc after $(( $(date +%s) - t )) s"

@@ -87,7 +87,9 @@ def _probe_kernel() -> dict[str, tuple[bool, str]]:
     res["netns"] = (True, "")
     try:
         def nsrun(*argv: str) -> tuple[bool, str]:
-            return _run(["ip", "netns", "exec", ns, *argv])
+            # nsenter, not `ip netns exec`: the latter remounts / and /sys, which fails
+            # where / is not a mount point (chroots, some containers).
+            return _run(["nsenter", f"--net=/run/netns/{ns}", *argv])
 
         ok, msg = nsrun("ip", "link", "add", "pa", "type", "veth", "peer", "name", "pb")
         res["veth"] = (ok, msg)
