@@ -22,6 +22,7 @@ from testbed.experiment_schema import (
     LinkState,
     Ping,
     SetLink,
+    SwitchProtocol,
 )
 from testbed.topology_schema import Topology
 
@@ -197,6 +198,28 @@ def check_against_topology(exp: Experiment, topo: Topology, source: str) -> None
             problems.append(f"timeline[{i}].link: no such link {ev.link!r}; known: {sorted(links)}")
         if isinstance(ev, HostState) and ev.host not in hosts:
             problems.append(f"timeline[{i}].host: unknown host {ev.host!r}")
+    if exp.chain is not None:
+        for i, host in enumerate(exp.chain.validators):
+            if host not in hosts:
+                problems.append(f"chain.validators[{i}]: unknown host {host!r}")
+        if len(set(exp.chain.validators)) != len(exp.chain.validators):
+            problems.append("chain.validators: a host may run one validator only")
+        try:
+            from nodes.config import Timing
+
+            Timing(**exp.chain.timing)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"chain.timing: {exc}".replace("\n", " "))
+    for i, p in enumerate(exp.processes):
+        for t in getattr(p, "targets", None) or []:
+            if exp.chain is not None and t not in exp.chain.validators:
+                problems.append(f"processes[{i}].targets: {t!r} runs no validator")
+    for i, ev in enumerate(exp.timeline):
+        if isinstance(ev, SwitchProtocol):
+            if ev.host not in hosts:
+                problems.append(f"timeline[{i}].host: unknown host {ev.host!r}")
+            if exp.chain is not None and ev.target and ev.target not in exp.chain.validators:
+                problems.append(f"timeline[{i}].target: {ev.target!r} runs no validator")
     for i, cap in enumerate(exp.captures):
         if cap.host not in hosts:
             problems.append(f"captures[{i}].host: unknown host {cap.host!r}")

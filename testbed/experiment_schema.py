@@ -72,7 +72,53 @@ class Command(ProcessBase):
     run folder."""
 
 
-Process = Annotated[Iperf3Server | Iperf3Client | Ping | Command, Field(discriminator="kind")]
+_NUM = r"\d+(\.\d+)?"
+_SCHEDULE = rf"^{_NUM}:{_NUM}(,{_NUM}:{_NUM})*$"
+
+
+class ChainClient(ProcessBase):
+    """The blockchain workload client (nodes/client.py): signed transactions at a rate."""
+
+    kind: Literal["chain_client"]
+    tps: Annotated[float, Field(gt=0)] | None = None
+    """Constant offered load, transactions per second."""
+    schedule: str | None = Field(default=None, pattern=_SCHEDULE)
+    """Load that changes over time: '0:50,10:200' = from t seconds on, this TPS."""
+    duration: Annotated[float, Field(gt=0)]
+    """Seconds of sending."""
+    size: int = Field(default=100, ge=0)
+    """Payload bytes per transaction."""
+    drain: Seconds = 5.0
+    """Seconds to wait for the last commits after sending."""
+    targets: list[str] | None = None
+    """Validator hosts to submit to; default all."""
+
+    def must_succeed(self) -> bool:
+        return True if self.required is None else self.required
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> ChainClient:
+        if (self.tps is None) == (self.schedule is None):
+            raise ValueError("give exactly one of 'tps' and 'schedule'")
+        return self
+
+
+Process = Annotated[Iperf3Server | Iperf3Client | Ping | Command | ChainClient,
+                    Field(discriminator="kind")]
+
+
+class ChainSpec(Strict):
+    """A permissioned chain: one validator (nodes/) on each listed host."""
+
+    validators: list[str] = Field(min_length=1)
+    """Hosts that run a validator node, in validator order (v0, v1, ...)."""
+    protocol: Literal["pbft", "bigfoot"] = "pbft"
+    """Consensus protocol at genesis."""
+    port: int = Field(default=7000, ge=1024, le=65535)
+    timing: dict[str, Any] = {}
+    """Overrides of the genesis timing (round_timeout, fast_path_timeout, ...; see
+    nodes/config.py Timing), checked by the nodes' own schema."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
 
 class LinkOverride(Shaping):
@@ -105,7 +151,21 @@ class ProcessControl(EventBase):
     process: str
 
 
-Event = Annotated[SetLink | LinkState | HostState | ProcessControl, Field(discriminator="action")]
+class SwitchProtocol(EventBase):
+    """The twin's signed protocol-switch command, ordered through consensus."""
+
+    action: Literal["switch_protocol"]
+    protocol: Literal["pbft", "bigfoot"]
+    host: str
+    """Host that sends the command (it holds the twin key)."""
+    target: str | None = None
+    """Validator host that receives it; default the first validator."""
+    height: int | None = Field(default=None, ge=1)
+    """Activation height; default as soon as the chain agrees (nodes' reconfig_delay)."""
+
+
+Event = Annotated[SetLink | LinkState | HostState | ProcessControl | SwitchProtocol,
+                  Field(discriminator="action")]
 
 
 class Capture(Strict):
@@ -140,6 +200,8 @@ class Experiment(Strict):
     timeline: list[Event] = []
     captures: list[Capture] = []
     simulation: SimulationJob | None = None
+    chain: ChainSpec | None = None
+    """Blockchain validators started on hosts before the timeline begins."""
     until_done: bool = False
     """End the run early once every process except servers has exited and no event is
     left (duration is then the upper bound)."""
@@ -161,4 +223,9 @@ class Experiment(Strict):
                 )
             if isinstance(ev, ProcessControl) and ev.process not in names:
                 raise ValueError(f"timeline[{i}]: unknown process {ev.process!r}")
+            if isinstance(ev, SwitchProtocol) and self.chain is None:
+                raise ValueError(f"timeline[{i}]: switch_protocol needs a 'chain' section")
+        for i, p in enumerate(self.processes):
+            if isinstance(p, ChainClient) and self.chain is None:
+                raise ValueError(f"processes[{i}]: chain_client needs a 'chain' section")
         return self

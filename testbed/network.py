@@ -162,8 +162,8 @@ class Network:
         stats.parent.mkdir(parents=True, exist_ok=True)
         argv = shaping.delay_line_argv(d, self.seed + d.queue_num * 7919, str(stats))
         out = open(logf, "wb")
-        proc = self.node(site).popen(list(argv), stdin=subprocess.PIPE, stdout=out,
-                                     stderr=subprocess.STDOUT, cwd=str(_project_root()))
+        proc = popen(self.node(site), list(argv), stdin=subprocess.PIPE, stdout=out,
+                     stderr=subprocess.STDOUT, cwd=str(_project_root()))
         out.close()
         self.delay_lines[d.key] = DelayLineProc(d, proc, stats, logf)
         deadline = time.monotonic() + 10
@@ -268,6 +268,20 @@ def rule_direction(net: Network, rule: Cmd) -> Direction:
                 d.delay_line_site()[0] == rule.node:
             return d
     raise KeyError(rule.shell())
+
+
+def popen(node: Any, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a process in a Mininet node's network namespace, in its own session.
+
+    Mininet's own popen (`mnexec -a PID`) also joins the node shell's mount namespace,
+    which resets the root directory: inside a chroot the process would escape it and
+    run the outer machine's files. Entering only the network namespace avoids that
+    and is all a host needs.
+    """
+    if not getattr(node, "inNamespace", True):  # switches live in the root namespace
+        return node.popen(argv, mncmd=["mnexec", "-d"], **kwargs)
+    return node.popen(argv, mncmd=["mnexec", "-d", "nsenter", f"--net=/proc/{node.pid}/ns/net"],
+                      **kwargs)
 
 
 def _stop_process(proc: subprocess.Popen[bytes], close_stdin: bool = False,

@@ -11,13 +11,23 @@ from pathlib import Path
 from typing import Any
 
 from testbed.addressing import Plan
+from testbed.chain import ChainRuntime
 from testbed.errors import ConfigError
-from testbed.experiment_schema import Command, Iperf3Client, Iperf3Server, Ping, Process
+from testbed.experiment_schema import (
+    ChainClient,
+    Command,
+    Iperf3Client,
+    Iperf3Server,
+    Ping,
+    Process,
+)
+from testbed.network import popen
 
-ROLE_OUTPUTS = {"iperf3_client": "json", "iperf3_server": "json", "ping": "text", "command": "text"}
+ROLE_OUTPUTS = {"iperf3_client": "json", "iperf3_server": "json"}
 
 
-def argv_for(p: Process, plan: Plan, run_dir: Path, run_duration: float) -> list[str]:
+def argv_for(p: Process, plan: Plan, run_dir: Path, run_duration: float,
+             chain: ChainRuntime | None = None) -> list[str]:
     """The command line that starts process `p` on its host."""
     if isinstance(p, Iperf3Server):
         return ["iperf3", "-s", "-p", str(p.port), "-J", "--forceflush"]
@@ -36,6 +46,10 @@ def argv_for(p: Process, plan: Plan, run_dir: Path, run_duration: float) -> list
                 plan.ip_of(p.target)]
     if isinstance(p, Command):
         return ["bash", "-c", expand(p.command, plan, run_dir)]
+    if isinstance(p, ChainClient):
+        if chain is None:
+            raise ConfigError(f"process {p.name}: chain_client needs a 'chain' section")
+        return chain.client_argv(p, run_dir)
     raise TypeError(f"unknown process kind {type(p).__name__}")
 
 
@@ -77,7 +91,7 @@ def start(node: Any, p: Process, argv: list[str], log_dir: Path, t_rel: float) -
     out = open(log_path, "wb")
     err = open(err_path, "wb")
     try:
-        proc = node.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = popen(node, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     finally:
         out.close()
         err.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import shlex
 import signal
 import subprocess
 import time
@@ -20,17 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from testbed import analysis, capabilities, jobs, manifest, plots, processes
+from testbed import chain as chain_mod
 from testbed.config import PROJECT_ROOT, LoadedExperiment
 from testbed.errors import EmulationError, ProcessFailed
 from testbed.experiment_schema import (
+    Command,
     HostState,
     Iperf3Client,
     Iperf3Server,
     LinkState,
     ProcessControl,
     SetLink,
+    SwitchProtocol,
 )
-from testbed.network import Network, _stop_process
+from testbed.network import Network, _stop_process, popen
 from testbed.progress import Progress
 from testbed.shaping import Backend
 from testbed.topology_schema import Shaping
@@ -182,16 +186,21 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                     argv = ["tcpdump", "-n", "-i", intf, "-s", str(cap.snaplen), "-w",
                             str(run_dir / fname), *cap.filter.split()]
                     err = open(logs / f"tcpdump_{cap.host}_{intf}.log", "wb")
-                    proc = net.node(cap.host).popen(argv, stdin=subprocess.DEVNULL,
-                                                    stdout=err, stderr=err)
+                    proc = popen(net.node(cap.host), argv, stdin=subprocess.DEVNULL,
+                                 stdout=err, stderr=err)
                     err.close()
                     captures.append(({"name": f"{cap.host}:{intf}", "file": fname,
                                       "argv": argv}, proc))
             _wait_captures_ready(logs, captures)
+            chain = None
+            if exp.chain is not None:
+                chain = chain_mod.prepare(exp, net.plan, run_dir)
+                man["chain"] = {"folder": "chain", "addresses": chain.addresses}
+                _start_validators(chain, net, running, logs)
             t0_wall = time.time()
             man["timeline_t0_unix"] = t0_wall
             _timeline(loaded, net, running, events_done, logs, run_dir,
-                      Progress(exp.name, exp.duration) if show_progress else None)
+                      Progress(exp.name, exp.duration) if show_progress else None, chain)
     finally:
         with interrupts_deferred():
             for r in running.values():
@@ -212,6 +221,22 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
     _analyse(run_dir, man, net, t0_wall)
 
 
+def _start_validators(chain: chain_mod.ChainRuntime, net: Network,
+                      running: dict[str, processes.Running], logs: Path) -> None:
+    """One validator per host; the timeline starts once every one listens."""
+    for i, host in enumerate(chain.spec.validators):
+        argv = chain.node_argv(i)
+        spec = Command(name=f"node-v{i}", kind="command", host=host, command=shlex.join(argv),
+                       required=True)
+        running[spec.name] = processes.start(net.node(host), spec, argv, logs, 0.0)
+    for i, host in enumerate(chain.spec.validators):
+        if not processes.wait_listening(net.node(host), chain.spec.port, timeout=30):
+            r = running[f"node-v{i}"]
+            err = r.log_path.with_suffix(".stderr").read_text(errors="replace")[-500:]
+            raise EmulationError(f"validator v{i} on {host} did not start listening on "
+                                 f"port {chain.spec.port}: {err.strip()}")
+
+
 def _wait_captures_ready(logs: Path, captures: list[tuple[dict[str, Any], Any]]) -> None:
     deadline = time.monotonic() + 5
     for cap, proc in captures:
@@ -227,7 +252,7 @@ def _wait_captures_ready(logs: Path, captures: list[tuple[dict[str, Any], Any]])
 
 def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, processes.Running],
               events_done: list[dict[str, Any]], logs: Path, run_dir: Path,
-              prog: Progress | None) -> None:
+              prog: Progress | None, chain: chain_mod.ChainRuntime | None = None) -> None:
     exp = loaded.experiment
     specs = {p.name: p for p in exp.processes}
     servers = {(p.host, p.port): p.name for p in exp.processes if isinstance(p, Iperf3Server)}
@@ -251,7 +276,8 @@ def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, process
         now = time.monotonic() - start
         while queue and queue[0][0] <= now:
             _, _, _, ev = heapq.heappop(queue)
-            record = _do_event(ev, net, running, specs, servers, logs, run_dir, exp.duration, now)
+            record = _do_event(ev, net, running, specs, servers, logs, run_dir, exp.duration,
+                               now, chain)
             events_done.append(record)
         _check_processes(running)
         net.check_delay_lines()
@@ -272,7 +298,8 @@ def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, process
 
 def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
               specs: dict[str, Any], servers: dict[tuple[str, int], str], logs: Path,
-              run_dir: Path, duration: float, now: float) -> dict[str, Any]:
+              run_dir: Path, duration: float, now: float,
+              chain: chain_mod.ChainRuntime | None = None) -> dict[str, Any]:
     rec: dict[str, Any] = {"at": ev.at, "actual_s": round(now, 4), "action": ev.action}
     if isinstance(ev, ProcessControl):
         rec["process"] = ev.process
@@ -282,7 +309,7 @@ def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
                 srv = servers.get((spec.server, spec.port))
                 if srv and srv in running:
                     processes.wait_listening(net.node(spec.server), spec.port)
-            argv = processes.argv_for(spec, net.plan, run_dir, duration)
+            argv = processes.argv_for(spec, net.plan, run_dir, duration, chain)
             running[spec.name] = processes.start(net.node(spec.host), spec, argv, logs, now)
             if isinstance(spec, Iperf3Server) and not processes.wait_listening(
                     net.node(spec.host), spec.port):
@@ -299,6 +326,21 @@ def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
     elif isinstance(ev, LinkState):
         rec["link"] = ev.link
         net.set_link_state(ev.link, ev.action == "link_up")
+    elif isinstance(ev, SwitchProtocol):
+        assert chain is not None
+        rec["protocol"] = ev.protocol
+        argv = chain.switch_argv(ev)
+        proc = popen(net.node(ev.host), argv, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            _stop_process(proc)
+            raise EmulationError(f"switch_protocol at {ev.at} s: no reply in 10 s") from None
+        rec["reply"] = out.decode(errors="replace").strip()
+        if proc.returncode != 0:
+            raise EmulationError(f"switch_protocol at {ev.at} s was refused: "
+                                 f"{(out + err).decode(errors='replace').strip()}")
     elif isinstance(ev, HostState):
         rec["host"] = ev.host
         net.set_host_state(ev.host, ev.action == "host_up")
@@ -341,6 +383,11 @@ def _analyse(run_dir: Path, man: dict[str, Any], net: Network, t0: float) -> Non
     fig = plots.throughput_figure(run_dir, man)
     if fig is not None:
         made.append(fig.name)
+    if man.get("chain"):
+        made += chain_mod.write_tables(run_dir, man)
+        fig = plots.chain_latency_figure(run_dir, man)
+        if fig is not None:
+            made.append(fig.name)
     man["artifacts"] = made
     manifest.write(run_dir, man)
 
@@ -353,5 +400,7 @@ def report(run_dir: Path) -> list[Path]:
         if spec.report is None:
             return []
         return list(jobs.resolve(spec.report)(run_dir) or [])
-    fig = plots.throughput_figure(run_dir, man)
-    return [fig] if fig else []
+    figs = [plots.throughput_figure(run_dir, man)]
+    if man.get("chain"):
+        figs.append(plots.chain_latency_figure(run_dir, man))
+    return [f for f in figs if f is not None]

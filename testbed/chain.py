@@ -1,0 +1,137 @@
+"""The blockchain on the emulated network: genesis, validators, clients, switch commands.
+
+The testbed writes a fresh genesis (keys, validator set with the hosts' addresses) into
+each run folder, starts one `python -m nodes node` per validator host, and turns chain
+outputs into tables: per-transaction latency (commit time - submit time, as in the twin
+paper) and per-block protocol, from the nodes' own telemetry.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.addressing import Plan
+from testbed.experiment_schema import ChainClient, ChainSpec, Experiment, SwitchProtocol
+
+LATENCY_CSV = "chain_latency.csv"
+BLOCKS_CSV = "chain_blocks.csv"
+
+
+@dataclass(frozen=True)
+class ChainRuntime:
+    spec: ChainSpec
+    folder: Path
+    addresses: dict[str, str]
+    """validator host -> 'ip:port'."""
+    client_index: dict[str, int]
+    """chain_client process name -> client number in genesis."""
+
+    def node_argv(self, i: int) -> list[str]:
+        return [sys.executable, "-m", "nodes", "node", "--config",
+                str(self.folder / f"node-v{i}.yaml"), "--log-level", self.spec.log_level]
+
+    def client_argv(self, p: ChainClient, run_dir: Path) -> list[str]:
+        i = self.client_index[p.name]
+        argv = [sys.executable, "-m", "nodes", "client",
+                "--genesis", str(self.folder / "genesis.yaml"),
+                "--key", str(self.folder / "keys" / f"client{i}.key"), "--id", f"client{i}",
+                "--duration", f"{p.duration:g}", "--size", str(p.size),
+                "--drain", f"{p.drain:g}", "--out", str(run_dir / f"{p.name}_tx.csv")]
+        argv += ["--tps", f"{p.tps:g}"] if p.tps is not None else ["--schedule", str(p.schedule)]
+        if p.targets:
+            argv += ["--targets", *[self.addresses[t] for t in p.targets]]
+        return argv
+
+    def switch_argv(self, ev: SwitchProtocol) -> list[str]:
+        target = ev.target or self.spec.validators[0]
+        argv = [sys.executable, "-m", "nodes", "reconfig",
+                "--key", str(self.folder / "keys" / "twin.key"),
+                "--target", self.addresses[target], "--protocol", ev.protocol,
+                "--id", f"switch-{ev.at:g}-{ev.protocol}"]
+        if ev.height is not None:
+            argv += ["--at", str(ev.height)]
+        return argv
+
+
+def prepare(exp: Experiment, plan: Plan, run_dir: Path) -> ChainRuntime:
+    """Write genesis, keys and node configs for this run's validators."""
+    from nodes.genesis import write_genesis
+
+    spec = exp.chain
+    assert spec is not None
+    clients = [p.name for p in exp.processes if isinstance(p, ChainClient)]
+    folder = run_dir / "chain"
+    ips = [plan.ip_of(h) for h in spec.validators]
+    write_genesis(folder, len(ips), ips, spec.port, max(1, len(clients)), spec.protocol,
+                  dict(spec.timing))
+    return ChainRuntime(spec, folder, {h: f"{ip}:{spec.port}" for h, ip in
+                                       zip(spec.validators, ips, strict=True)},
+                        {name: i for i, name in enumerate(clients)})
+
+
+def blocks(folder: Path, validator: str = "v0") -> list[dict[str, Any]]:
+    """Committed blocks as one validator saw them: height, protocol, time, tx count."""
+    path = folder / "telemetry" / f"{validator}.jsonl"
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill; the rest is still good
+        if ev.get("kind") == "block":
+            r = ev["record"]
+            out.append({"height": r["height"], "protocol": r["protocol"],
+                        "round": r["round"], "committed_at": r["committed_at"],
+                        "tx_count": r["tx_count"], "fast_path": r.get("fast_path", False),
+                        "silent": len(r.get("silent", ()))})
+    return out
+
+
+def write_tables(run_dir: Path, man: dict[str, Any]) -> list[str]:
+    """chain_latency.csv (per transaction) and chain_blocks.csv (per block)."""
+    t0 = float(man.get("timeline_t0_unix") or 0.0)
+    made = []
+    blks = blocks(run_dir / "chain")
+    with open(run_dir / BLOCKS_CSV, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["height", "protocol", "round", "t_s", "tx_count", "fast_path", "silent"])
+        for b in blks:
+            w.writerow([b["height"], b["protocol"], b["round"], f"{b['committed_at'] - t0:.4f}",
+                        b["tx_count"], int(b["fast_path"]), b["silent"]])
+    made.append(BLOCKS_CSV)
+    commits = sorted((b["committed_at"], b["protocol"]) for b in blks)
+    rows = []
+    for p in man["experiment"].get("processes", []):
+        if p["kind"] != "chain_client":
+            continue
+        path = run_dir / f"{p['name']}_tx.csv"
+        if not path.exists():
+            continue
+        for r in csv.DictReader(open(path)):
+            sub = float(r["submit_time"])
+            com = float(r["commit_time"]) if r["commit_time"] else None
+            proto = _protocol_at(commits, com) if com is not None else ""
+            rows.append([p["name"], r["tx_id"], f"{sub - t0:.4f}",
+                         "" if com is None else f"{com - t0:.4f}",
+                         "" if com is None else r["latency"], proto])
+    with open(run_dir / LATENCY_CSV, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["client", "tx_id", "submit_s", "commit_s", "latency_s", "protocol"])
+        w.writerows(rows)
+    made.append(LATENCY_CSV)
+    return made
+
+
+def _protocol_at(commits: list[tuple[float, str]], t: float) -> str:
+    """Protocol of the first block v0 committed at or after t (the tx's block)."""
+    import bisect
+
+    i = bisect.bisect_left(commits, (t - 1e-3, ""))
+    return commits[i][1] if i < len(commits) else (commits[-1][1] if commits else "")
