@@ -5,6 +5,7 @@
 # /sys, /dev mounted, and unmounted again whatever happens).
 #
 #   ci/fresh-debian.sh [TARGET_DIR]        (as root; default /var/tmp/chaintwin-fresh)
+#   KEEP_ROOT=1 ci/fresh-debian.sh         reuse an existing root (not a fresh check)
 #
 # The Debian mirror and the pip index are the ones this machine's apt and pip already
 # use (read from its configuration), so nothing else is reached. The host's kernel runs
@@ -35,7 +36,8 @@ if ! command -v debootstrap >/dev/null; then
   log "installing debootstrap"
   apt-get install -y -q debootstrap >/dev/null
 fi
-if [ ! -x "$target/usr/bin/apt-get" ]; then
+# A new root every time (KEEP_ROOT=1 reuses one, to iterate on the script itself).
+if [ "${KEEP_ROOT:-0}" != 1 ] || [ ! -x "$target/usr/bin/apt-get" ]; then
   log "debootstrap $suite (minbase) into $target"
   rm -rf "$target"
   debootstrap --variant=minbase "$suite" "$target" "$mirror" >/dev/null
