@@ -59,8 +59,15 @@ class QAgent:
 
     def train_step(self, state: tuple[int, ...], action: int, reward: float,
                    next_state: tuple[int, ...], done: bool) -> None:
+        self.update(state, action, reward + self.bootstrap(next_state, done))
+
+    def bootstrap(self, next_state: tuple[int, ...], done: bool) -> float:
+        """gamma * max_a Q(next_state, a), or 0 at the end of an episode."""
+        return 0.0 if done else self.settings.discount * float(self.values(next_state).max())
+
+    def update(self, state: tuple[int, ...], action: int, target: float) -> None:
+        """Move Q(state, action) towards target (one real or simulated sample)."""
         v = self.values(state)
-        target = reward if done else reward + self.settings.discount * self.values(next_state).max()
         v[action] += self.settings.learning_rate * (target - v[action])
         self.tries[state][action] += 1
 

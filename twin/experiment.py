@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from twin.agentplus import AgentPlus
 from twin.agents import QAgent
@@ -13,6 +14,14 @@ from twin.scenarios import Scenario
 from twin.whatif import WhatIfOptimiser
 
 Policy = Callable[[ChainTwinEnv, tuple[int, ...]], int]
+
+
+class Learner(Protocol):
+    """Anything trained online from real steps: a QAgent, or AgentPlus (which adds
+    simulated counterfactuals)."""
+
+    def train_step(self, state: tuple[int, ...], action: int, reward: float,
+                   next_state: tuple[int, ...], done: bool) -> None: ...
 
 
 @dataclass
@@ -26,7 +35,7 @@ class EpisodeResult:
 
 
 def run_episode(scenario: Scenario, settings: EnvSettings, policy: Policy,
-                learner: QAgent | None = None) -> EpisodeResult:
+                learner: Learner | None = None) -> EpisodeResult:
     """One pass over the scenario; `learner` (if given) is trained online from real steps."""
     env = ChainTwinEnv(scenario, settings)
     env.reset(seed=scenario.seed)

@@ -8,7 +8,7 @@ from gymnasium.utils.env_checker import check_env
 
 from testbed.config import load_experiment
 from testbed.jobs import JobContext
-from twin.agentplus import AgentPlus
+from twin.agentplus import AgentPlus, AgentPlusSettings
 from twin.agents import QAgent, QSettings
 from twin.calibration import calibrate, estimate
 from twin.env import ChainTwinEnv, EnvSettings, PaperStateEncoder
@@ -61,10 +61,66 @@ def test_whatif_prefers_pbft_with_a_node_down_and_agent_plus_learns_it():
     opt = WhatIfOptimiser(wl.generator, 10.0, seed=0)
     lat = opt.evaluate(model)
     assert lat[0] < lat[1]  # pbft, bigfoot
-    plus = AgentPlus(QAgent(2, seed=0), WhatIfOptimiser(wl.generator, 10.0, seed=0))
+    plus = AgentPlus(QAgent(2, seed=0), WhatIfOptimiser(wl.generator, 10.0, seed=0),
+                     AgentPlusSettings(min_sims=1, max_sims=1))
     key = (1, 20, 20)
     assert plus.act(key, model) == 0 and plus.whatif_decisions == 1
     assert plus.act(key, model) == 0 and plus.agent_decisions == 1
+
+
+class _FixedWhatIf:
+    """Stands in for the what-if optimiser: always the same simulated latencies."""
+
+    def __init__(self, latencies):
+        self.latencies = np.asarray(latencies, dtype=float)
+        self.calls = 0
+
+    def evaluate(self, model):
+        self.calls += 1
+        return self.latencies.copy()
+
+
+def test_agent_plus_asks_until_sure_then_decides_alone():
+    wi = _FixedWhatIf([5.0, 3.0])
+    plus = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(min_sims=2, max_sims=3,
+                                                              budget_burst=100))
+    key = (0, 10, 20)
+    assert [plus.act(key, None) for _ in range(4)] == [1, 1, 1, 1]
+    # two identical paired samples: advantage 2 s with zero spread, so no third call
+    assert wi.calls == 2 and plus.agent_decisions == 2
+    plus.act((1, 10, 20), None)  # a new state (F flipped) is unseen: ask again
+    assert wi.calls == 3
+
+
+def test_agent_plus_budget_caps_whatif_calls():
+    wi = _FixedWhatIf([5.0, 3.0])
+    plus = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(budget_burst=1,
+                                                              budget_share=0.25))
+    for i in range(20):
+        plus.act((0, i, i), None)  # every state unseen
+    assert wi.calls <= 1 + 0.25 * 20 and plus.whatif_decisions == wi.calls
+
+
+def test_agent_plus_counterfactual_keeps_the_simulated_gap():
+    """A backlog that grows whatever the protocol must not make the agent flip-flop."""
+    wi = _FixedWhatIf([5.0, 3.0])  # bigfoot 2 s better, per the twin
+    key = (0, 10, 20)
+    picks = {}
+    for cf in (False, True):
+        plus = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(
+            min_sims=1, max_sims=1, augment_updates=1, counterfactual=cf))
+        seq = []
+        for step in range(12):
+            a = plus.act(key, None)
+            seq.append(a)
+            real = 10.0 + 3.0 * step - (2.0 if a == 1 else 0.0)  # backlog grows
+            plus.train_step(key, a, -real, key, False)
+        picks[cf] = seq
+        if cf:
+            v = plus.agent.q[key]
+            assert v[1] - v[0] == pytest.approx(2.0, rel=0.05)
+    assert picks[True][1:] == [1] * 11
+    assert 0 in picks[False][1:]  # without counterfactuals it switches away
 
 
 def test_calibration_recovers_known_parameters():
@@ -116,3 +172,18 @@ def test_fig4a_and_fig5_jobs_run_small(tmp_path):
     assert (tmp_path / "fig4a.png").stat().st_size > 0
     res5 = run_fig5(Fig5Settings(seeds=1, episodes=1, eval_episodes=1), ctx)
     assert res5["runtime_ratio"] > 0 and (tmp_path / "fig5.png").exists()
+
+
+@pytest.mark.smoke
+def test_smoke_twin_episode_writes_csv_and_png(tmp_path):
+    """One tiny fig4a job end to end (1 seed, 2 episodes): CSVs and the figure appear."""
+    from twin.figures import Fig4aSettings, run_fig4a
+
+    ctx = JobContext(run_dir=tmp_path, seed=1, progress=lambda f, m: None)
+    res = run_fig4a(Fig4aSettings(seeds=1, episodes=2), ctx)
+    assert set(res) == {"agent", "pbft", "bigfoot"}
+    for name in ("fig4a_episodes.csv", "fig4a_final.csv", "fig4a_summary.csv"):
+        lines = (tmp_path / name).read_text().splitlines()
+        assert len(lines) >= 2, name
+    png = tmp_path / "fig4a.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
