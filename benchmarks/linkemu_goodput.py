@@ -7,13 +7,18 @@ rate, wire throughput / rate (TCP/IP/Ethernet headers are 4.4% of a full frame),
 delay line's packets and CPU use, and the machine's CPU use. Needs root and Mininet.
 
     .venv/bin/python benchmarks/linkemu_goodput.py [--seconds 10] [--rtts 50,100,200]
-        [--rates 0.1,0.5,1,2] [--granularity auto|packet|segment] [--cc cubic]
+        [--rates 0.1,0.5,1,2] [--granularity auto|packet|segment] [--cc cubic,bbr]
+        [--jitter MS]
+With --jitter, compare --granularity packet and segment: DESIGN.md's fidelity question
+(per-packet jitter reorders single packets and collapses Cubic, as netem does; per-GSO
+segment it does not).
 Target (issue 2): >= 0.9 of the configured rate up to 1 Gbit/s at 100 ms RTT on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -45,13 +50,14 @@ def cpu_busy() -> tuple[float, float]:
 
 
 def one(tmp: Path, rtt_ms: int, gbit: float, seconds: float, granularity: str,
-        cc: str) -> dict:
+        cc: str, jitter_ms: float = 0.0) -> dict:
     (tmp / "topo.yaml").write_text(yaml.safe_dump(TOPO))
     exp = {
         "name": f"bench_{rtt_ms}ms_{gbit}g", "topology": "topo.yaml",
         "duration": seconds + 2.5, "until_done": True,
         "links": {"path": {"bw": f"{gbit}gbit", "delay": f"{rtt_ms}ms",
-                           "direction": "forward", "granularity": granularity}},
+                           "jitter": f"{jitter_ms}ms", "direction": "forward",
+                           "granularity": granularity}},
         "processes": [
             {"name": "srv", "kind": "iperf3_server", "host": "h2"},
             {"name": "flow", "kind": "iperf3_client", "host": "h1", "server": "h2",
@@ -82,7 +88,8 @@ def one(tmp: Path, rtt_ms: int, gbit: float, seconds: float, granularity: str,
         "delay_line_pkts_per_s": round(dl["counters"]["received"] / seconds),
         "delay_line_cpu": round(dl["cpu_s"] / (seconds + 2), 2),
         "machine_cpu": round((b1 - b0) / (t1 - t0), 2),
-        "cores": ncpu, "granularity": granularity, "cc": cc,
+        "cores": ncpu, "granularity": dl["settings"]["gso"] and "segment" or "packet",
+        "cc": cc, "jitter_ms": jitter_ms,
     }
 
 
@@ -93,28 +100,31 @@ def main() -> int:
     ap.add_argument("--rtts", default="50,100,200")
     ap.add_argument("--rates", default="0.1,0.5,1,2")
     ap.add_argument("--granularity", default="auto", choices=["auto", "packet", "segment"])
-    ap.add_argument("--cc", default="cubic")
+    ap.add_argument("--cc", default="cubic", help="congestion control(s), comma-separated")
+    ap.add_argument("--jitter", type=float, default=0.0,
+                    help="ms: each packet's delay is RTT +- jitter (uniform, reordering)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (Mininet)", file=sys.stderr)
         return 1
     rows = []
-    print(f"{'RTT':>5} {'rate':>6} {'goodput':>8} {'ratio':>6} {'wire':>6} {'steady':>6} "
-          f"{'retx':>6} "
+    print(f"{'cc':>6} {'gran':>7} {'RTT':>5} {'rate':>6} {'goodput':>8} {'ratio':>6} {'wire':>6} "
+          f"{'steady':>6} {'retx':>6} "
           f"{'dl pkt/s':>8} {'dl cpu':>6} {'cpu':>5}")
     with tempfile.TemporaryDirectory() as d:
-        for rtt in [int(x) for x in args.rtts.split(",")]:
-            for rate in [float(x) for x in args.rates.split(",")]:
-                t = time.monotonic()
-                r = one(Path(d), rtt, rate, args.seconds, args.granularity, args.cc)
-                rows.append(r)
-                print(f"{rtt:>4}ms {r['rate_mbit']:>5.0f}M {r['goodput_mbit']:>7.1f}M "
-                      f"{r['goodput_ratio']:>6.3f} {r['wire_ratio']:>6.3f} "
-                      f"{r['steady_ratio']:>6.3f} "
-                      f"{r['retransmits']!s:>6} {r['delay_line_pkts_per_s']:>8} "
-                      f"{r['delay_line_cpu']:>6.2f} {r['machine_cpu']:>5.2f}"
-                      f"   ({time.monotonic() - t:.0f} s)", flush=True)
+        grid = itertools.product(args.cc.split(","), [int(x) for x in args.rtts.split(",")],
+                                 [float(x) for x in args.rates.split(",")])
+        for cc, rtt, rate in grid:
+            t = time.monotonic()
+            r = one(Path(d), rtt, rate, args.seconds, args.granularity, cc, args.jitter)
+            rows.append(r)
+            print(f"{cc:>6} {r['granularity']:>7} {rtt:>4}ms {r['rate_mbit']:>5.0f}M "
+                  f"{r['goodput_mbit']:>7.1f}M {r['goodput_ratio']:>6.3f} "
+                  f"{r['wire_ratio']:>6.3f} {r['steady_ratio']:>6.3f} "
+                  f"{r['retransmits']!s:>6} {r['delay_line_pkts_per_s']:>8} "
+                  f"{r['delay_line_cpu']:>6.2f} {r['machine_cpu']:>5.2f}"
+                  f"   ({time.monotonic() - t:.0f} s)", flush=True)
     print("ratio: goodput / configured rate; wire: with TCP/IP/Ethernet headers; steady: "
           f"goodput ratio after {STEADY_AFTER_S:g} s; dl cpu: delay line process, cores; "
           "cpu: machine busy fraction of all cores")

@@ -26,8 +26,13 @@ fi
 [ -n "$mirror" ] || { echo "cannot tell this machine's Debian mirror; set MIRROR=" >&2; exit 1; }
 
 mounted=()
+unmount_under() {  # everything mounted at or below $1, deepest first
+  findmnt -rn -o TARGET | awk -v t="$1" 'index($0, t) == 1' | sort -r \
+    | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
 cleanup() {
   for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
+  unmount_under "$target"  # e.g. /run/netns, which `ip netns add` mounts inside the root
 }
 trap cleanup EXIT INT TERM
 
@@ -39,6 +44,7 @@ fi
 # A new root every time (KEEP_ROOT=1 reuses one, to iterate on the script itself).
 if [ "${KEEP_ROOT:-0}" != 1 ] || [ ! -x "$target/usr/bin/apt-get" ]; then
   log "debootstrap $suite (minbase) into $target"
+  unmount_under "$target"
   rm -rf "$target"
   debootstrap --variant=minbase "$suite" "$target" "$mirror" >/dev/null
 fi

@@ -66,6 +66,9 @@ class BlockSensorRecord:
     """Validators from which no vote for this block arrived."""
     validators: tuple[str, ...] = field(default=())
     """The validator set at this height."""
+    synced: bool = False
+    """The recorder got this block by state transfer (catching up), not by voting:
+    `votes`, `silent` and `round_changes` are then empty and times are arrival times."""
 
     @property
     def mean_tx_latency(self) -> float | None:

@@ -74,6 +74,39 @@ def prepare(exp: Experiment, plan: Plan, run_dir: Path) -> ChainRuntime:
                         {name: i for i, name in enumerate(clients)})
 
 
+def ledger_check(folder: Path) -> dict[str, Any]:
+    """Safety from the nodes' own ledgers: every chain is a prefix of every other.
+
+    Reads each validator's SQLite ledger (table `blocks(height, hash)`) read-only after
+    the run; reports heights, the common prefix, and any height where two differ.
+    """
+    import sqlite3
+
+    chains: dict[str, list[tuple[int, str]]] = {}
+    for db in sorted((folder / "data").glob("*/ledger.sqlite")):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            chains[db.parent.name] = con.execute(
+                "SELECT height, hash FROM blocks ORDER BY height").fetchall()
+        finally:
+            con.close()
+    forks = []
+    by_height: dict[int, dict[str, str]] = {}
+    for vid, chain in chains.items():
+        for h, digest in chain:
+            by_height.setdefault(h, {})[vid] = digest
+    for h in sorted(by_height):
+        if len(set(by_height[h].values())) > 1:
+            forks.append({"height": h, "hashes": by_height[h]})
+    heights = {vid: (c[-1][0] if c else 0) for vid, c in chains.items()}
+    gaps = {vid: [h for (h, _), i in zip(c, range(1, len(c) + 1), strict=True) if h != i][:5]
+            for vid, c in chains.items()}
+    return {"validators": len(chains), "heights": heights,
+            "common_height": min(heights.values(), default=0),
+            "consistent": not forks and not any(gaps.values()), "forks": forks[:10],
+            "gaps": {k: v for k, v in gaps.items() if v}}
+
+
 def blocks(folder: Path, validator: str = "v0") -> list[dict[str, Any]]:
     """Committed blocks as one validator saw them: height, protocol, time, tx count."""
     path = folder / "telemetry" / f"{validator}.jsonl"

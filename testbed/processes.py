@@ -42,8 +42,10 @@ def argv_for(p: Process, plan: Plan, run_dir: Path, run_duration: float,
             argv.append("-R")
         return argv
     if isinstance(p, Ping):
-        return ["ping", "-n", "-c", str(p.count), "-i", f"{p.interval:g}", "-s", str(p.size),
-                plan.ip_of(p.target)]
+        # -U: user-to-user latency. ping otherwise uses the kernel's receive timestamp,
+        # taken before a delay line in the receiving host's PREROUTING holds the packet.
+        return ["ping", "-n", "-U", "-c", str(p.count), "-i", f"{p.interval:g}",
+                "-s", str(p.size), plan.ip_of(p.target)]
     if isinstance(p, Command):
         return ["bash", "-c", expand(p.command, plan, run_dir)]
     if isinstance(p, ChainClient):

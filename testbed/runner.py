@@ -384,6 +384,7 @@ def _analyse(run_dir: Path, man: dict[str, Any], net: Network, t0: float) -> Non
     if fig is not None:
         made.append(fig.name)
     if man.get("chain"):
+        man["chain"]["ledger_check"] = chain_mod.ledger_check(run_dir / "chain")
         made += chain_mod.write_tables(run_dir, man)
         fig = plots.chain_latency_figure(run_dir, man)
         if fig is not None:

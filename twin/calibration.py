@@ -80,10 +80,10 @@ def estimate(records: Iterable[BlockSensorRecord], cfg: ModelConfig,
     if rows:
         lat = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
     pair_bw: dict[tuple[int, int], list[float]] = defaultdict(list)
-    for p, r, size, d in prop_obs:
-        transfer = d - lat[p] - lat[r]
+    for p, q, size, d in prop_obs:  # proposer, recorder indices (r is a record above)
+        transfer = d - lat[p] - lat[q]
         if transfer > 0:
-            pair_bw[tuple(sorted((p, r)))].append(size * 8e-6 / transfer)  # type: ignore[index]
+            pair_bw[(min(p, q), max(p, q))].append(size * 8e-6 / transfer)
     # The vote's own transfer time is part of the pair latency; it is small and ignored.
     speed = np.zeros(k)
     for (a, b), bws in pair_bw.items():

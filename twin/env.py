@@ -23,7 +23,8 @@ RewardKind = Literal["committed", "committed_and_waiting"]
 
 
 class StateEncoder(Protocol):
-    space: gym.Space[Any]
+    @property
+    def space(self) -> gym.Space[Any]: ...  # read-only, so encoders may narrow its type
 
     def encode(self, obs: TwinObservation) -> np.ndarray: ...
 
@@ -95,7 +96,7 @@ def step_latency(model: ChainModel, t0: float, t1: float,
     return 0, 0.0, (ps / pn if pn else 0.0)
 
 
-class ChainTwinEnv(gym.Env[np.ndarray, int]):
+class ChainTwinEnv(gym.Env[np.ndarray, np.int64]):
     """The chain under a workload; reset draws a scenario (or replays a fixed one)."""
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -133,7 +134,7 @@ class ChainTwinEnv(gym.Env[np.ndarray, int]):
     def state_key(self) -> tuple[int, ...]:
         return self.encoder.key(self.observation())
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: int | np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         assert self.model is not None, "call reset() first"
         model = self.model
         protocol = self.protocols[int(action)]

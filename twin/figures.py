@@ -156,7 +156,8 @@ def report_fig4a(run_dir: Path) -> dict[str, Any]:
     fig.tight_layout()
     fig.savefig(run_dir / "fig4a.png", dpi=120)
     plt.close(fig)
-    rows = [{"method": k, "mean_latency": v[0], "ci95": v[1]} for k, v in summary.items()]
+    rows: list[dict[str, Any]] = [{"method": k, "mean_latency": v[0], "ci95": v[1]}
+                                  for k, v in summary.items()]
     _write(run_dir / "fig4a_summary.csv", rows)
     return {r["method"]: {"mean": r["mean_latency"], "ci95": r["ci95"]} for r in rows}
 
@@ -235,7 +236,8 @@ def report_fig4b(run_dir: Path) -> dict[str, Any]:
     fig.tight_layout()
     fig.savefig(Path(run_dir) / "fig4b.png", dpi=120)
     plt.close(fig)
-    out = [{"method": m, "mean_latency": summary[m][0], "ci95": summary[m][1]} for m in names]
+    out: list[dict[str, Any]] = [{"method": m, "mean_latency": summary[m][0],
+                                  "ci95": summary[m][1]} for m in names]
     _write(Path(run_dir) / "fig4b_summary.csv", out)
     return {r["method"]: {"mean": r["mean_latency"], "ci95": r["ci95"]} for r in out}
 
@@ -264,7 +266,7 @@ def report_fig5(run_dir: Path) -> dict[str, Any]:
     # Paired per seed: seeds differ far more in level than the methods do within a seed.
     paired_rt = mean_ci(_paired_ratios(rows, "decision_seconds", "sum"))
     paired_lat = mean_ci(_paired_ratios(rows, "latency", "mean"))
-    out = [{"method": m, "runtime_s": rt[m][0], "runtime_ci95": rt[m][1],
+    out: list[dict[str, Any]] = [{"method": m, "runtime_s": rt[m][0], "runtime_ci95": rt[m][1],
             "mean_latency": lat[m][0], "latency_ci95": lat[m][1]} for m in rt]
     out.append({"method": "agent+/whatif", "runtime_s": ratio, "runtime_ci95": 0.0,
                 "mean_latency": lat_ratio, "latency_ci95": 0.0})

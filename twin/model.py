@@ -252,7 +252,8 @@ class ChainModel:
 
     def latency_between(self, t0: float, t1: float, start_block: int = 0) -> tuple[int, float]:
         """(transactions, latency sum) of blocks first committed in (t0, t1]."""
-        n = s = 0
+        n = 0
+        s: float = 0  # int 0 kept so the no-commit result is unchanged
         times = self.commit_times
         for i in range(len(times) - 1, start_block - 1, -1):
             t = times[i]

@@ -1,0 +1,5 @@
+import sys
+
+from nodes.cli import main
+
+sys.exit(main())

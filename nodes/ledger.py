@@ -1,0 +1,146 @@
+"""Durable ledger: committed blocks in SQLite (WAL, synchronous=FULL).
+
+A block is appended in one transaction and fsync'd before the node announces it, so
+a kill -9 loses nothing that was committed. Rows are only ever inserted: a block at
+an existing height, or one that does not extend the tip, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nodes.block import Block, Certificate
+
+
+def encode_block(block: Block) -> str:
+    return json.dumps(block.to_wire(), separators=(",", ":"))
+
+
+class LedgerError(RuntimeError):
+    """The ledger refused an append or belongs to another chain."""
+
+
+class Ledger:
+    def __init__(self, path: Path, genesis_hash: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash TEXT NOT NULL"
+            " UNIQUE, block TEXT NOT NULL, cert TEXT NOT NULL, record TEXT)"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS votes (height INTEGER, round INTEGER, phase TEXT,"
+            " hash TEXT, sig TEXT, block TEXT, PRIMARY KEY (height, round, phase))"
+        )
+        # Votes go through their own connection without fsync: WAL content survives a
+        # killed process (only an OS crash could lose it), and a vote per phase per block
+        # must not cost an fsync each.
+        self._vdb = sqlite3.connect(str(self.path), isolation_level=None)
+        self._vdb.execute("PRAGMA synchronous=NORMAL")
+        row = self._db.execute("SELECT value FROM meta WHERE key='genesis'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('genesis', ?)", (genesis_hash,))
+        elif row[0] != genesis_hash:
+            raise LedgerError(
+                f"{self.path} belongs to genesis {row[0][:12]}, not {genesis_hash[:12]}; "
+                "use a fresh data_dir"
+            )
+        self.genesis_hash = genesis_hash
+        last = self._db.execute(
+            "SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        self.height: int = last[0] if last else 0
+        self.tip_hash: str = last[1] if last else genesis_hash
+
+    def close(self) -> None:
+        self._vdb.close()
+        self._db.close()
+
+    def save_vote(
+        self, height: int, round_: int, phase: str, digest: str, sig: str, block: str | None
+    ) -> None:
+        """Remember a vote before it is sent, so a restarted node never votes twice."""
+        self._vdb.execute(
+            "INSERT OR IGNORE INTO votes VALUES (?, ?, ?, ?, ?, ?)",
+            (height, round_, phase, digest, sig, block),
+        )
+
+    def load_votes(self, height: int) -> list[tuple[int, str, str, str, str | None]]:
+        """(round, phase, hash, sig, block JSON) of this node's votes at a height."""
+        return self._vdb.execute(
+            "SELECT round, phase, hash, sig, block FROM votes WHERE height=?", (height,)
+        ).fetchall()
+
+    def append(
+        self,
+        block: Block,
+        cert: Certificate,
+        record: dict[str, Any] | None,
+        encoded: str | None = None,
+    ) -> int:
+        """Insert and fsync; returns the block's encoded size in bytes."""
+        if block.height != self.height + 1:
+            raise LedgerError(f"append height {block.height}, expected {self.height + 1}")
+        if block.prev_hash != self.tip_hash:
+            raise LedgerError(f"block {block.height} does not extend tip {self.tip_hash[:12]}")
+        if cert.block_hash != block.hash or cert.height != block.height:
+            raise LedgerError(f"certificate does not match block {block.height}")
+        if encoded is None:
+            encoded = encode_block(block)
+        self._db.execute(
+            "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
+            (
+                block.height,
+                block.hash,
+                encoded,
+                json.dumps(cert.to_wire(), separators=(",", ":")),
+                json.dumps(record) if record is not None else None,
+            ),
+        )
+        self.height = block.height
+        self.tip_hash = block.hash
+        if block.height % 100 == 0:
+            self._vdb.execute("DELETE FROM votes WHERE height < ?", (block.height,))
+        return len(encoded)
+
+    def set_record(self, height: int, record: dict[str, Any]) -> None:
+        self._db.execute("UPDATE blocks SET record=? WHERE height=?", (json.dumps(record), height))
+
+    def tip_extras(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The newest block's certificate and sensor record (for the next block's header)."""
+        row = self._db.execute(
+            "SELECT cert, record FROM blocks WHERE height=?", (self.height,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        return json.loads(row[0]), (json.loads(row[1]) if row[1] else None)
+
+    def get(self, height: int) -> tuple[Block, Certificate] | None:
+        row = self._db.execute(
+            "SELECT block, cert FROM blocks WHERE height=?", (height,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Block.from_wire(json.loads(row[0])), Certificate.from_wire(json.loads(row[1]))
+
+    def get_raw(self, start: int, limit: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Wire dicts for state transfer, without re-parsing."""
+        rows = self._db.execute(
+            "SELECT block, cert FROM blocks WHERE height>=? ORDER BY height LIMIT ?", (start, limit)
+        ).fetchall()
+        return [(json.loads(b), json.loads(c)) for b, c in rows]
+
+    def hashes(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT hash FROM blocks ORDER BY height")]
+
+    def iter_blocks(self) -> Iterator[Block]:
+        for (raw,) in self._db.execute("SELECT block FROM blocks ORDER BY height"):
+            yield Block.from_wire(json.loads(raw))

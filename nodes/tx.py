@@ -1,0 +1,90 @@
+"""Client transactions: signed, sized, timestamped, with a client-chosen id.
+
+The client's timestamp is its submit time, so per-transaction latency (commit time -
+submit time, as in the twin paper) can be computed from committed blocks alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nodes.crypto import KeyPair, Verifier
+
+MAX_ID_LEN = 128
+
+
+class TxRejected(ValueError):
+    """A transaction was refused; `reason` is the short code returned to the client."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    id: str
+    client: str
+    ts: float
+    payload: bytes
+    sig: str
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    @staticmethod
+    def signing_bytes(tx_id: str, client: str, ts: float, payload: bytes) -> bytes:
+        return f"tx|{client}|{tx_id}|{ts!r}|".encode() + payload
+
+    @classmethod
+    def create(
+        cls, key: KeyPair, client: str, tx_id: str, ts: float, payload: bytes
+    ) -> Transaction:
+        sig = key.sign(cls.signing_bytes(tx_id, client, ts, payload))
+        return cls(tx_id, client, ts, payload, sig)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "client": self.client,
+            "ts": self.ts,
+            "payload": self.payload.hex(),
+            "sig": self.sig,
+        }
+
+    @classmethod
+    def from_wire(cls, data: object) -> Transaction:
+        """Parse untrusted input; raises TxRejected('malformed', ...) with what was wrong."""
+        if not isinstance(data, Mapping):
+            raise TxRejected("malformed", "transaction must be a JSON object")
+        for name, kind in (("id", str), ("client", str), ("payload", str), ("sig", str)):
+            if not isinstance(data.get(name), kind):
+                raise TxRejected("malformed", f"field '{name}' must be a string")
+        ts = data.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, int | float):
+            raise TxRejected("malformed", "field 'ts' must be a number")
+        extra = set(data) - {"id", "client", "ts", "payload", "sig"}
+        if extra:
+            raise TxRejected("malformed", f"unknown fields {sorted(extra)}")
+        if not data["id"] or len(data["id"]) > MAX_ID_LEN:
+            raise TxRejected("malformed", f"'id' must be 1..{MAX_ID_LEN} characters")
+        try:
+            payload = bytes.fromhex(data["payload"])
+        except ValueError as exc:
+            raise TxRejected("malformed", "'payload' is not hex") from exc
+        return cls(data["id"], data["client"], float(ts), payload, data["sig"])
+
+    def check(self, clients: Mapping[str, str], verifier: Verifier, max_size: int) -> None:
+        """Stateless admission check: known client, size limit, valid signature."""
+        if self.size > max_size:
+            raise TxRejected("oversized", f"payload {self.size} B > limit {max_size} B")
+        pub = clients.get(self.client)
+        if pub is None:
+            raise TxRejected("unknown_client", f"client '{self.client}' is not in genesis")
+        data = self.signing_bytes(self.id, self.client, self.ts, self.payload)
+        if not verifier.verify(pub, self.sig, data):
+            raise TxRejected("bad_signature", f"signature of tx '{self.id}' does not verify")

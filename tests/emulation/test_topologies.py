@@ -1,0 +1,88 @@
+"""The shipped topologies and switch kinds carry traffic with the configured delays."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+
+from testbed import config, runner
+from testbed.config import PROJECT_ROOT
+
+from .conftest import LINE_TOPO
+
+
+def _avg_rtt(text: str) -> float:
+    return float(re.search(r"= [\d.]+/([\d.]+)/", text).group(1))
+
+
+def test_abn_paper_topology_routes_through_four_middleboxes(tmp_path) -> None:
+    exp = {
+        "name": "abn_paths", "topology": str(PROJECT_ROOT / "topologies" / "abn_paper.yaml"),
+        "duration": 8, "until_done": True,
+        "processes": [
+            {"name": "p13", "kind": "ping", "host": "e1", "target": "e3", "count": 10,
+             "interval": 0.1, "required": True},
+            {"name": "p24", "kind": "ping", "host": "e2", "target": "e4", "count": 10,
+             "interval": 0.1, "required": True},
+            {"name": "trace", "kind": "command", "host": "e1", "required": True,
+             "command": "ip route get {ip:e3}"},
+        ],
+    }
+    path = tmp_path / "abn.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    run_dir = runner.run(config.load_experiment(path), tmp_path / "res", show_progress=False)
+    for name in ("p13", "p24"):
+        text = (run_dir / "logs" / f"{name}.log").read_text()
+        assert " 0% packet loss" in text
+        # 50 ms one-way on the bottleneck's forward direction only: RTT ~50 ms.
+        assert 49.5 <= _avg_rtt(text) <= 52.0, text[-200:]
+    via = man_route = (run_dir / "logs" / "trace.log").read_text()
+    mb1 = json.loads((run_dir / "manifest.json").read_text())["addressing"]["host_ips"]["mb1"]
+    assert f"via {mb1[0]} " in via, man_route
+
+
+@pytest.mark.skipif(not shutil.which("ovs-vsctl"), reason="Open vSwitch is not installed")
+def test_ovs_userspace_switch_forwards(run_experiment) -> None:
+    topo = {
+        "name": "ovs", "switch": "ovs-user",
+        "hosts": {"h1": {}, "h2": {}}, "switches": {"sw": {}},
+        "links": [{"name": "a", "ends": ["h1", "sw"], "delay": "5ms"},
+                  {"name": "b", "ends": ["sw", "h2"]}],
+    }
+    run_dir, man = run_experiment({
+        "name": "ovs_ping", "duration": 8, "until_done": True,
+        "processes": [{"name": "ping", "kind": "ping", "host": "h1", "target": "h2",
+                       "count": 10, "interval": 0.1, "required": True}],
+    }, topo)
+    text = (run_dir / "logs" / "ping.log").read_text()
+    assert " 0% packet loss" in text
+    assert 9.5 <= _avg_rtt(text) <= 12.0
+
+
+def test_timeline_changes_delay_and_takes_link_down(run_experiment) -> None:
+    run_dir, man = run_experiment({
+        "name": "timeline", "duration": 7,
+        "links": {"path": {"delay": "5ms"}},
+        "processes": [{"name": "ping", "kind": "ping", "host": "h1", "target": "h2",
+                       "count": 60, "interval": 0.1, "start": 0.2}],
+        "timeline": [
+            {"at": 2, "action": "set_link", "link": "path", "delay": "40ms"},
+            {"at": 4, "action": "link_down", "link": "path"},
+            {"at": 5, "action": "link_up", "link": "path"},
+        ],
+    }, LINE_TOPO)
+    rtts = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(
+        r"icmp_seq=(\d+) ttl=\d+ time=([\d.]+)", (run_dir / "logs" / "ping.log").read_text())]
+    by_seq = dict(rtts)
+    early = [r for s, r in rtts if s <= 15]
+    mid = [r for s, r in rtts if 22 <= s <= 36]
+    assert early and max(early) < 12  # 2 x 5 ms
+    assert mid and 79 <= min(mid) and max(mid) < 90  # 2 x 40 ms after the change
+    assert not any(41 <= s <= 47 for s in by_seq)  # link down: no replies
+    assert any(s >= 52 for s in by_seq)  # back up, routes restored
+    assert [e["action"] for e in man["events"] if e["action"] != "start"] == [
+        "set_link", "link_down", "link_up"]
