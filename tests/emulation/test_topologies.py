@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 
 import pytest
 import yaml
@@ -80,8 +81,10 @@ def test_timeline_changes_delay_and_takes_link_down(run_experiment) -> None:
     by_seq = dict(rtts)
     early = [r for s, r in rtts if s <= 15]
     mid = [r for s, r in rtts if 22 <= s <= 36]
-    assert early and max(early) < 12  # 2 x 5 ms
-    assert mid and 79 <= min(mid) and max(mid) < 90  # 2 x 40 ms after the change
+    # Medians: ping -U counts its own wake-ups too, which now and then add a few ms.
+    assert early and 9.8 <= statistics.median(early) < 12  # 2 x 5 ms
+    assert mid and 79.8 <= statistics.median(mid) < 82  # 2 x 40 ms after the change
+    assert min(mid) >= 79.5
     assert not any(41 <= s <= 47 for s in by_seq)  # link down: no replies
     assert any(s >= 52 for s in by_seq)  # back up, routes restored
     assert [e["action"] for e in man["events"] if e["action"] != "start"] == [
