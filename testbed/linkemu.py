@@ -125,17 +125,101 @@ class Counters:
     control_errors: int = 0
 
 
-class DelayLine:
-    """Holds packet ids until their release time; see the module docstring."""
+class Scheduler:
+    """Each packet's fate and release time, and the order of releases; no I/O.
 
-    def __init__(self, queue_num: int, settings: Settings, seed: int) -> None:
-        self.lib = load_library()
+    Ordered traffic (fixed delay, or `reorder` off) sits in a FIFO whose release times
+    never decrease, so one batch verdict can release a run of packets. With reordering
+    jitter, packets sit in a heap keyed by release time. `last_release` is the latest
+    release time handed out in either mode, so switching to ordered mode at run time
+    never lets a new packet overtake one still held.
+    """
+
+    def __init__(self, settings: Settings, seed: int) -> None:
         self.settings = settings
         self.rng = random.Random(seed)
         self.counters = Counters()
         self.fifo: deque[tuple[float, int]] = deque()
         self.heap: list[tuple[float, int]] = []
         self.last_release = 0.0
+
+    @property
+    def ordered(self) -> bool:
+        s = self.settings
+        return s.jitter_us == 0 or not s.reorder
+
+    def admit(self, pid: int, now: float) -> bool:
+        """Decide packet `pid`'s fate on arrival: False means drop it now."""
+        c, s = self.counters, self.settings
+        c.received += 1
+        if s.loss and self.rng.random() < s.loss:
+            c.dropped += 1
+            return False
+        delay: float = s.delay_us
+        if s.jitter_us:
+            delay = max(0.0, delay + self.rng.uniform(-s.jitter_us, s.jitter_us))
+        release = now + delay * 1e-6
+        if self.ordered:
+            release = max(release, self.last_release)
+            if self.heap:  # switched from reordering: drain the heap first, in order
+                heapq.heappush(self.heap, (release, pid))
+            else:
+                self.fifo.append((release, pid))
+        else:
+            heapq.heappush(self.heap, (release, pid))
+        self.last_release = max(self.last_release, release)
+        held = len(self.fifo) + len(self.heap)
+        if held > c.max_held:
+            c.max_held = held
+        return True
+
+    def due(self, now: float) -> tuple[int | None, list[int]]:
+        """Packets to release at `now`: (highest id of a FIFO run released with one batch
+        verdict, or None; ids to release one by one, in release order)."""
+        c = self.counters
+        batch_last = None
+        fifo = self.fifo
+        if fifo and fifo[0][0] <= now:
+            t0 = fifo[0][0]
+            n = 0
+            while fifo and fifo[0][0] <= now:
+                batch_last = fifo.popleft()[1]
+                n += 1
+            c.released += n
+            if now != float("inf"):
+                self.note_lateness(now - t0)
+        singles: list[int] = []
+        heap = self.heap
+        if heap and heap[0][0] <= now and now != float("inf"):
+            self.note_lateness(now - heap[0][0])
+        while heap and heap[0][0] <= now:
+            singles.append(heapq.heappop(heap)[1])
+        c.released += len(singles)
+        return batch_last, singles
+
+    def note_lateness(self, late_s: float) -> None:
+        """How late the earliest due packet of a release round went out."""
+        c = self.counters
+        c.release_rounds += 1
+        late = int(late_s * 1e6)
+        if late > c.late_release_max_us:
+            c.late_release_max_us = late
+        if late > 1000:
+            c.late_over_1ms += 1
+
+    def next_release(self) -> float | None:
+        times = [q[0][0] for q in (self.fifo, self.heap) if q]
+        return min(times) if times else None
+
+
+class DelayLine:
+    """A Scheduler fed by an NFQUEUE: packet ids in, verdicts out at release time."""
+
+    def __init__(self, queue_num: int, settings: Settings, seed: int) -> None:
+        self.lib = load_library()
+        self.settings = settings
+        self.sched = Scheduler(settings, seed)
+        self.counters = self.sched.counters
         self.lead = 0.0
         self._cb = _CALLBACK(self._on_packet)
         lib = self.lib
@@ -168,39 +252,11 @@ class DelayLine:
         if self.settings.gso != old_gso:
             self._apply_gso()
 
-    @property
-    def ordered(self) -> bool:
-        s = self.settings
-        return s.jitter_us == 0 or not s.reorder
-
     def _on_packet(self, qh: int, nfmsg: int, nfad: int, data: int) -> int:
         hdr = self.lib.nfq_get_msg_packet_hdr(nfad)
         pid = socket.ntohl(hdr.contents.packet_id)
-        c = self.counters
-        c.received += 1
-        s = self.settings
-        if s.loss and self.rng.random() < s.loss:
-            c.dropped += 1
+        if not self.sched.admit(pid, time.monotonic()):
             self.lib.nfq_set_verdict(self.qh, pid, NF_DROP, 0, None)
-            return 0
-        now = time.monotonic()
-        delay: float = s.delay_us
-        if s.jitter_us:
-            delay = max(0.0, delay + self.rng.uniform(-s.jitter_us, s.jitter_us))
-        release = now + delay * 1e-6
-        if self.ordered:
-            if release < self.last_release:
-                release = self.last_release
-            self.last_release = release
-            if self.heap:  # switched from reordering: drain the heap first, in order
-                heapq.heappush(self.heap, (release, pid))
-            else:
-                self.fifo.append((release, pid))
-        else:
-            heapq.heappush(self.heap, (release, pid))
-        held = len(self.fifo) + len(self.heap)
-        if held > c.max_held:
-            c.max_held = held
         return 0
 
     def _receive(self) -> None:
@@ -219,38 +275,14 @@ class DelayLine:
             handle(h, buf, n)
 
     def _release_due(self, now: float) -> None:
-        verdict, qh, c = self.lib.nfq_set_verdict, self.qh, self.counters
-        fifo = self.fifo
-        if fifo and fifo[0][0] <= now:
-            last_id = -1
-            t0 = fifo[0][0]
-            n = 0
-            while fifo and fifo[0][0] <= now:
-                last_id = fifo.popleft()[1]
-                n += 1
+        batch_last, singles = self.sched.due(now)
+        if batch_last is not None:
             # FIFO ids are increasing and every lower id already has its verdict,
-            # so one batch verdict releases them all.
-            self.lib.nfq_set_verdict_batch(qh, last_id, NF_ACCEPT)
-            c.released += n
-            if now != float("inf"):
-                self._note_lateness(now - t0)
-        heap = self.heap
-        if heap and heap[0][0] <= now and now != float("inf"):
-            self._note_lateness(now - heap[0][0])
-        while heap and heap[0][0] <= now:
-            _, pid = heapq.heappop(heap)
+            # so one batch verdict releases the whole run.
+            self.lib.nfq_set_verdict_batch(self.qh, batch_last, NF_ACCEPT)
+        verdict, qh = self.lib.nfq_set_verdict, self.qh
+        for pid in singles:
             verdict(qh, pid, NF_ACCEPT, 0, None)
-            c.released += 1
-
-    def _note_lateness(self, late_s: float) -> None:
-        """How late the earliest due packet of a release round went out."""
-        c = self.counters
-        c.release_rounds += 1
-        late = int(late_s * 1e6)
-        if late > c.late_release_max_us:
-            c.late_release_max_us = late
-        if late > 1000:
-            c.late_over_1ms += 1
 
     def note_wakeup(self, late_s: float) -> None:
         """Track how late timer wake-ups are (EWMA, capped at MAX_LEAD_S)."""
@@ -259,8 +291,7 @@ class DelayLine:
         self.counters.wake_lead_us = int(self.lead * 1e6)
 
     def next_release(self) -> float | None:
-        times = [q[0][0] for q in (self.fifo, self.heap) if q]
-        return min(times) if times else None
+        return self.sched.next_release()
 
     def release_all(self) -> None:
         self._release_due(float("inf"))
