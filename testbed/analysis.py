@@ -81,8 +81,8 @@ def flow_bins(pcap: Path, t0: float, bin_s: float = BIN_S) -> dict[FlowKey, dict
 def name_flows(keys: list[FlowKey], names: dict[tuple[str, int], str]) -> dict[FlowKey, str]:
     """Name flows after the process that made them: (server ip, server port) -> name.
 
-    iperf3 opens a small control connection beside each data connection; only the
-    largest flow per name keeps the plain name.
+    iperf3's small control connection to the same port gets the same name;
+    write_throughput drops it with the other trickles (< 1% of the largest flow).
     """
     out: dict[FlowKey, str] = {}
     for k in keys:

@@ -93,7 +93,8 @@ class Network:
     net: Any = None
     delay_lines: dict[str, DelayLineProc] = field(default_factory=dict)
     commands: list[dict[str, Any]] = field(default_factory=list)
-    _rules: list[Cmd] = field(default_factory=list)
+    _queued: list[Direction] = field(default_factory=list)
+    """Directions whose NFQUEUE rule is installed (removed again in stop())."""
 
     def __post_init__(self) -> None:
         self.plan = make_plan(self.topo)
@@ -173,9 +174,8 @@ class Network:
                     f"delay line for {d.key} did not start: {logf.read_text(errors='replace')}"
                 )
             time.sleep(0.02)
-        rule = shaping.delay_line_rule(d)
-        self.run(rule)
-        self._rules.append(rule)
+        self.run(shaping.delay_line_rule(d))
+        self._queued.append(d)
 
     def check_delay_lines(self) -> None:
         for key, dl in self.delay_lines.items():
@@ -243,12 +243,11 @@ class Network:
         for dl in self.delay_lines.values():
             _stop_process(dl.proc, close_stdin=True)
         if self.net is not None:
-            for rule in reversed(self._rules):
+            for d in reversed(self._queued):
                 try:
-                    self.run(shaping.delay_line_rule(rule_direction(self, rule), "-D"),
-                             check=False)
+                    self.run(shaping.delay_line_rule(d, "-D"), check=False)
                 except Exception as exc:  # noqa: BLE001 - teardown must go on
-                    log.warning("removing %s: %s", rule.shell(), exc)
+                    log.warning("removing the NFQUEUE rule of %s: %s", d.key, exc)
             for d in self.directions:
                 try:
                     if d.shaping.bw_bps is not None or d.shaping.needs_delay_line:
@@ -260,14 +259,6 @@ class Network:
                 self.net.stop()
             finally:
                 self.net = None
-
-
-def rule_direction(net: Network, rule: Cmd) -> Direction:
-    for d in net.directions:
-        if d.queue_num and shaping.delay_line_rule(d).argv[-1] == rule.argv[-1] and \
-                d.delay_line_site()[0] == rule.node:
-            return d
-    raise KeyError(rule.shell())
 
 
 def popen(node: Any, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:

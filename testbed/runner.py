@@ -183,14 +183,15 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                 intfs = [cap.intf] if cap.intf else [x.name for x in net.plan.intfs_of(cap.host)]
                 for intf in intfs:
                     fname = f"capture_{cap.host}_{intf}.pcap"
+                    log_name = f"tcpdump_{cap.host}_{intf}.log"
                     argv = ["tcpdump", "-n", "-i", intf, "-s", str(cap.snaplen), "-w",
                             str(run_dir / fname), *cap.filter.split()]
-                    err = open(logs / f"tcpdump_{cap.host}_{intf}.log", "wb")
+                    err = open(logs / log_name, "wb")
                     proc = popen(net.node(cap.host), argv, stdin=subprocess.DEVNULL,
                                  stdout=err, stderr=err)
                     err.close()
                     captures.append(({"name": f"{cap.host}:{intf}", "file": fname,
-                                      "argv": argv}, proc))
+                                      "log": log_name, "argv": argv}, proc))
             _wait_captures_ready(logs, captures)
             chain = None
             if exp.chain is not None:
@@ -240,8 +241,7 @@ def _start_validators(chain: chain_mod.ChainRuntime, net: Network,
 def _wait_captures_ready(logs: Path, captures: list[tuple[dict[str, Any], Any]]) -> None:
     deadline = time.monotonic() + 5
     for cap, proc in captures:
-        name = cap["name"].replace(":", "_")
-        path = logs / f"tcpdump_{name}.log"
+        path = logs / cap["log"]
         while b"listening on" not in path.read_bytes():
             if proc.poll() is not None:
                 raise EmulationError(f"tcpdump on {cap['name']} failed: {path.read_text()}")

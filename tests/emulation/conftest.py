@@ -51,6 +51,24 @@ LINE_TOPO = {
 
 
 @pytest.fixture
+def run_shipped(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run a shipped experiment with overrides; check nothing is left; return
+    (loaded experiment, run_dir, manifest)."""
+
+    def go(name: str, overrides: list[str]) -> tuple[Any, Path, dict]:
+        import json
+
+        loaded = config.load_experiment(config.PROJECT_ROOT / "experiments" / name, overrides)
+        run_dir = runner.run(loaded, tmp_path, show_progress=False)
+        assert leftovers.find(list(loaded.topology.hosts)) == []
+        man = json.loads((run_dir / "manifest.json").read_text())
+        assert man["status"] == "ok"
+        return loaded, run_dir, man
+
+    return go
+
+
+@pytest.fixture
 def run_experiment(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Write a topology + experiment into tmp_path, run it, return (run_dir, manifest)."""
 

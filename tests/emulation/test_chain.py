@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 
-from testbed import config, leftovers, runner
-from testbed.config import PROJECT_ROOT
-
 
 @pytest.mark.smoke
-def test_short_chain_run_switches_protocol_without_losing_transactions(tmp_path) -> None:
-    loaded = config.load_experiment(
-        PROJECT_ROOT / "experiments" / "chain_smoke.yaml",
-        ["duration=16", "processes.load.duration=11", "processes.load.tps=30",
-         "processes.load.drain=3", "timeline.0.at=6"])
-    run_dir = runner.run(loaded, tmp_path, show_progress=False)
-    assert leftovers.find(list(loaded.topology.hosts)) == []
-    man = json.loads((run_dir / "manifest.json").read_text())
-    assert man["status"] == "ok"
+def test_short_chain_run_switches_protocol_without_losing_transactions(run_shipped) -> None:
+    _, run_dir, man = run_shipped("chain_smoke.yaml", [
+        "duration=16", "processes.load.duration=11", "processes.load.tps=30",
+        "processes.load.drain=3", "timeline.0.at=6"])
     (switch,) = [e for e in man["events"] if e["action"] == "switch_protocol"]
     assert '"ok": true' in switch["reply"]
     rows = list(csv.DictReader(open(run_dir / "chain_latency.csv")))

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import csv
-import json
 import re
 
 import pytest
 
-from testbed import config, leftovers, runner
-from testbed.config import PROJECT_ROOT
+from testbed import runner
 
 
 @pytest.mark.smoke
-def test_quickstart_short_run_produces_results_and_cleans_up(tmp_path) -> None:
-    loaded = config.load_experiment(
-        PROJECT_ROOT / "experiments" / "quickstart.yaml",
-        ["duration=7", "processes.cubic.duration=5", "processes.bbr.duration=5",
-         "processes.rtt.count=10", "processes.rtt.interval=0.2"])
-    run_dir = runner.run(loaded, tmp_path, show_progress=False)
-    assert leftovers.find(list(loaded.topology.hosts)) == []
-    man = json.loads((run_dir / "manifest.json").read_text())
-    assert man["status"] == "ok"
+def test_quickstart_short_run_produces_results_and_cleans_up(run_shipped) -> None:
+    _, run_dir, man = run_shipped("quickstart.yaml", [
+        "duration=7", "processes.cubic.duration=5", "processes.bbr.duration=5",
+        "processes.rtt.count=10", "processes.rtt.interval=0.2"])
     assert man["overrides"][0] == "duration=7"
     assert man["shaping_backend"] in ("netem", "userspace")
     assert man["git"]["commit"] is None or len(man["git"]["commit"]) == 40
