@@ -10,6 +10,11 @@ share one core; each node still verifies every transaction itself (no shared cac
 The workload client always runs in this script's process: it signs every transaction
 (ed25519 sign, ~19k/s) and sends it to all n validators, each of which verifies it once
 at its mempool. CPU is reported as cores used (CPU seconds / wall seconds).
+
+Verification is the floor: every node checks every transaction once (at intake, or on
+proposal arrival if the proposal is first; never twice), and ed25519 verify runs ~8k/s
+per core. n validators at T tx/s need n*T verifications per second: on 2 cores, n=4
+leaves room for ~2,500 tx/s; n=7 tops out near 1,700 tx/s however lean the rest is.
 """
 
 from __future__ import annotations

@@ -91,7 +91,11 @@ class Verifier:
                 self._keys[public_hex] = None
         return self._keys[public_hex]
 
-    def verify(self, public_hex: str, signature_hex: object, data: bytes) -> bool:
+    def verify(
+        self, public_hex: str, signature_hex: object, data: bytes, remember: bool = True
+    ) -> bool:
+        """`remember=False` for one-off messages (client transactions, which the mempool
+        already deduplicates): caching them would only evict the votes worth caching."""
         key = self._key(public_hex)
         if key is None or not isinstance(signature_hex, str):
             return False
@@ -102,7 +106,7 @@ class Verifier:
         if len(sig) != 64:
             return False
         # Votes are re-checked inside certificates; remember small verified messages.
-        cache_key = (public_hex, signature_hex, data) if len(data) <= 200 else None
+        cache_key = (public_hex, signature_hex, data) if remember and len(data) <= 200 else None
         if cache_key is not None and cache_key in self._ok:
             return True
         self.verified += 1

@@ -1,7 +1,9 @@
 """Per-producer transaction pool, ordered by arrival.
 
 A transaction is verified once, when it enters the pool; a proposal that carries the
-same bytes later is checked against the pool instead of verifying again.
+same bytes later is checked against the pool instead of verifying again. A transaction
+first seen (and verified) inside a proposal is remembered in a small bounded cache, so
+the client's own copy arriving afterwards is not verified a second time.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from nodes.tx import Transaction, TxRejected
 
 
 class Mempool:
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 100_000, verified_cache: int = 50_000) -> None:
         self.capacity = capacity
         self._txs: OrderedDict[str, Transaction] = OrderedDict()
+        self._verified: OrderedDict[str, Transaction] = OrderedDict()
+        self._verified_cap = verified_cache
         self._reconfigs: OrderedDict[str, ReconfigCommand] = OrderedDict()
         self.committed_ids: set[str] = set()
         """Ids already in the chain; a resubmission is a duplicate."""
@@ -29,6 +33,26 @@ class Mempool:
 
     def get(self, tx_id: str) -> Transaction | None:
         return self._txs.get(tx_id)
+
+    def is_known(self, tx_id: str) -> bool:
+        """Pooled or committed: a new copy is a duplicate, refused without verifying."""
+        return tx_id in self._txs or tx_id in self.committed_ids
+
+    def was_verified(self, tx: Transaction) -> bool:
+        """True if exactly this transaction (same bytes and signature) passed `check`
+        here before, in the pool or in a proposal; False means: verify it now."""
+        seen = self._txs.get(tx.id)
+        if seen is None:
+            seen = self._verified.get(tx.id)
+        return seen is not None and seen == tx
+
+    def remember_verified(self, tx: Transaction) -> None:
+        """Record a transaction that passed `check` outside the pool (in a proposal)."""
+        if tx.id in self._txs:
+            return
+        self._verified[tx.id] = tx
+        if len(self._verified) > self._verified_cap:
+            self._verified.popitem(last=False)
 
     def add(self, tx: Transaction) -> None:
         """Admit an already-verified transaction; raises TxRejected for duplicates/full."""
@@ -61,6 +85,7 @@ class Mempool:
         for tx_id in tx_ids:
             self.committed_ids.add(tx_id)
             self._txs.pop(tx_id, None)
+            self._verified.pop(tx_id, None)
         for cmd_id in reconfig_ids:
             self.committed_ids.add(reconfig_key(cmd_id))
             self._reconfigs.pop(cmd_id, None)

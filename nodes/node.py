@@ -76,6 +76,7 @@ class Node:
         self._last_sync_req = 0.0
         self._last_help: dict[tuple[str, int], float] = {}
         self.last_commit_at = 0.0
+        self._encoded: tuple[str, str] | None = None
         self._recover()
         self.engine = Engine(self)
 
@@ -211,13 +212,13 @@ class Node:
             if tx.id in seen or tx.id in self.mempool.committed_ids:
                 raise BlockInvalid(f"duplicate transaction '{tx.id}'")
             seen.add(tx.id)
-            pooled = self.mempool.get(tx.id)
-            if pooled is not None and pooled == tx:
-                continue  # verified when it entered our pool
+            if self.mempool.was_verified(tx):
+                continue  # the same bytes passed `check` here (pool, or an earlier proposal)
             try:
                 tx.check(self.client_keys, self.verifier, t.max_tx_bytes)
             except TxRejected as exc:
                 raise BlockInvalid(f"transaction '{tx.id}': {exc}") from exc
+            self.mempool.remember_verified(tx)
         for cmd in block.reconfigs:
             if reconfig_key(cmd.id) in self.mempool.committed_ids:
                 raise BlockInvalid(f"duplicate reconfig '{cmd.id}'")
@@ -227,8 +228,14 @@ class Node:
                 raise BlockInvalid(f"reconfig '{cmd.id}': {exc}") from exc
 
     # ---- commit --------------------------------------------------------------------
+    def encoded_block(self, block: Block) -> str:
+        """The block's stored JSON, encoded once per block (prepare vote and ledger)."""
+        if self._encoded is None or self._encoded[0] != block.hash:
+            self._encoded = (block.hash, encode_block(block))
+        return self._encoded[1]
+
     def deliver(self, block: Block, cert: Certificate, record: BlockSensorRecord) -> None:
-        encoded = encode_block(block)
+        encoded = self.encoded_block(block)
         record = dataclasses.replace(record, block_bytes=len(encoded))
         data = record.to_dict()
         self.ledger.append(block, cert, data, encoded)
@@ -310,9 +317,11 @@ class Node:
         added = 0
         for item in blocks:
             try:
+                if int(item[0]["header"]["height"]) <= self.ledger.height:
+                    continue  # already ours: skip parsing and rehashing it
                 block = Block.from_wire(item[0])
                 cert = Certificate.from_wire(item[1])
-            except (BlockInvalid, TypeError, IndexError, KeyError) as exc:
+            except (BlockInvalid, TypeError, ValueError, IndexError, KeyError) as exc:
                 self.reject("sync", f"bad block in sync_resp: {exc}")
                 return
             if block.height <= self.ledger.height:
@@ -421,7 +430,10 @@ class Node:
             if len(self.mempool) >= self.mempool.capacity:  # refuse before paying to verify
                 raise TxRejected("mempool_full", f"pool holds {self.mempool.capacity} transactions")
             tx = Transaction.from_wire(wire)
-            tx.check(self.client_keys, self.verifier, self.genesis.timing.max_tx_bytes)
+            if self.mempool.is_known(tx.id):  # refuse before paying to verify
+                raise TxRejected("duplicate", f"tx '{tx.id}' was already received")
+            if not self.mempool.was_verified(tx):  # else: checked when a proposal carried it
+                tx.check(self.client_keys, self.verifier, self.genesis.timing.max_tx_bytes)
             self.mempool.add(tx)
         except TxRejected as exc:
             self.counters[f"tx_{exc.reason}"] += 1

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from nodes.block import Block, BlockInvalid, Certificate, Vote, canonical_json, seal_bytes
 from nodes.config import Timing
 from nodes.consensus import PROTOCOLS, ConsensusProtocol
-from nodes.ledger import encode_block
 from nodes.sensor import BlockSensorRecord, RoundChange, VoteTiming
 
 if TYPE_CHECKING:
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
 MAX_FUTURE = 20_000
 MAX_ROUND_AHEAD = 1_000
 """Round changes further ahead than this are dropped (bounds memory under spam)."""
+LAG_GRACE = 0.2
+"""Seconds to wait for our own commit before asking a peer one height ahead for blocks."""
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Engine:
         self.height_started = 0.0
         self._round_timer: asyncio.TimerHandle | None = None
         self._propose_task: asyncio.Task[None] | None = None
+        self._lag_check_height = 0
         self.stopped = False
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -145,6 +147,19 @@ class Engine:
             else:
                 self._maybe_propose_after_rc()
 
+    def _sync_unless_committed(self, height: int, peer: str) -> None:
+        """A peer votes one height ahead: our commit votes are usually in flight, so ask
+        for blocks only if we are still at this height after a grace period."""
+        if self._lag_check_height == height:
+            return
+        self._lag_check_height = height
+
+        def check() -> None:
+            if not self.stopped and self.height == height:
+                self.node.request_sync(peer)
+
+        asyncio.get_running_loop().call_later(LAG_GRACE, check)
+
     def _rs(self, round_: int) -> RoundState:
         rs = self.rounds.get(round_)
         if rs is None:
@@ -208,13 +223,19 @@ class Engine:
             self.node.reject("consensus", f"bad header from {sender!r}")
             return
         if h < self.height:
-            self.node.help_lagging(sender, h)
+            # A vote one height behind is the normal tail of the last height (its sender
+            # commits as soon as the quorum's votes reach it); only a sender that is
+            # further behind, or timing out there, needs our blocks.
+            if h < self.height - 1 or msg["t"] == "rc":
+                self.node.help_lagging(sender, h)
             return
         if h > self.height:
             if len(self.future) < MAX_FUTURE:
                 self.future.append(msg)
-            if h > self.height + 1 or msg["t"] != "proposal":
+            if h > self.height + 1 or msg["t"] == "rc":
                 self.node.request_sync(sender)
+            elif msg["t"] != "proposal":
+                self._sync_unless_committed(self.height, sender)
             return
         t = msg["t"]
         if t == "proposal":
@@ -281,7 +302,7 @@ class Engine:
             return  # never two different votes in one round, even across restarts
         self.sent_votes[(rs.round, phase)] = digest
         sig = self.node.key.sign(seal_bytes(phase, h, rs.round, digest))
-        block_json = encode_block(rs.proposal) if phase == "prepare" else None
+        block_json = self.node.encoded_block(rs.proposal) if phase == "prepare" else None
         self.node.ledger.save_vote(h, rs.round, phase, digest, sig, block_json)
         msg = {"t": phase, "from": self.node.id, "h": h, "r": rs.round, "hash": digest, "sig": sig}
         self.node.transport.broadcast(msg)

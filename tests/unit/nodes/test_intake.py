@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nodes.block import seal_bytes
+from nodes.block import Block, seal_bytes
 from nodes.consensus.engine import message_bytes, select_value
 from nodes.crypto import KeyPair
 from nodes.reconfig import ReconfigCommand
@@ -153,3 +153,37 @@ def test_select_value_respects_prepared_and_fast_path_votes() -> None:
     # A single claim is not enough (could be a byzantine validator's).
     single = [mixed[0], mixed[1], none[2]]
     assert select_value(single, f=1).hash == a.hash
+
+
+def test_each_transaction_is_verified_once_per_node(tmp_path: Path) -> None:
+    """Duplicates are refused before verifying; a transaction checked inside a proposal is
+    not verified again when the client's copy arrives; a forged copy is still checked."""
+
+    async def body() -> None:
+        cluster = Cluster(tmp_path, make_genesis(tmp_path, 4))
+        node = cluster.make_node("v0")
+        try:
+            pooled, proposed = cluster.tx(), cluster.tx()
+            assert node._tx_ack(pooled.to_wire())["ok"]
+            count = node.verifier.verified
+            assert node._tx_ack(pooled.to_wire())["reason"] == "duplicate"
+            assert node.verifier.verified == count  # refused by id, no signature check
+
+            proposer = KeyPair.load(tmp_path / "keys" / "v1.key")
+            block = Block.create(
+                proposer, 1, node.ledger.tip_hash, "pbft", "v1", time.time(), [pooled, proposed]
+            )
+            node.validate_block(block)
+            assert node.verifier.verified == count + 2  # block signature + the new tx only
+            assert node._tx_ack(proposed.to_wire())["ok"]
+            assert node.verifier.verified == count + 2
+
+            forged = {**cluster.tx().to_wire(), "sig": proposed.sig}
+            forged_pooled = {**proposed.to_wire(), "id": "fresh", "sig": pooled.sig}
+            assert node._tx_ack(forged)["reason"] == "bad_signature"
+            assert node._tx_ack(forged_pooled)["reason"] == "bad_signature"
+            assert node.verifier.verified == count + 4
+        finally:
+            await node.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 30))

@@ -166,3 +166,17 @@ def test_ledger_appends_only_and_survives_reopen(tmp_path: Path) -> None:
     again.close()
     with pytest.raises(LedgerError, match="fresh data_dir"):
         Ledger(path, "h" * 64)
+
+
+def test_mempool_remembers_only_identical_verified_transactions() -> None:
+    key = KeyPair.generate()
+    pool = Mempool(capacity=10, verified_cache=2)
+    txs = [Transaction.create(key, "c", f"t{i}", float(i), b"x") for i in range(3)]
+    for tx in txs:
+        pool.remember_verified(tx)
+    assert not pool.was_verified(txs[0])  # evicted: the cache is bounded
+    assert pool.was_verified(txs[2]) and not pool.is_known("t2")
+    resigned = Transaction.create(KeyPair.generate(), "c", "t2", 2.0, b"x")
+    assert not pool.was_verified(resigned)  # same id, other signature: verify it
+    pool.remove_committed(["t2"])
+    assert pool.is_known("t2") and not pool.was_verified(txs[2])
