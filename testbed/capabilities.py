@@ -112,6 +112,27 @@ def congestion_controls() -> list[str]:
     return p.read_text().split() if p.exists() else []
 
 
+def _bridge_netfilter_check(root: bool) -> Check:
+    """With br_netfilter, frames crossing Linux bridges pass the root namespace's
+    iptables FORWARD chain: a DROP policy there (Docker sets one) silently cuts every
+    switch of an emulated network. We do not change that machine-wide setting."""
+    flag = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if not flag.exists() or flag.read_text().strip() != "1":
+        return Check("bridged traffic", True, "not filtered by the root namespace's iptables",
+                     required=False)
+    policy = "unknown (needs root)"
+    if root:
+        ok, out = _run(["iptables", "-w", "-S", "FORWARD"])
+        policy = next((line.split()[-1] for line in out.splitlines()
+                       if line.startswith("-P FORWARD")), "unknown") if ok else "unknown"
+    fine = policy == "ACCEPT"
+    return Check("bridged traffic", fine,
+                 f"br_netfilter on; root FORWARD policy {policy}"
+                 + ("" if fine else ": bridged links may drop everything"),
+                 "iptables -I FORWARD -m physdev --physdev-is-bridged -j ACCEPT "
+                 "(or sysctl net.bridge.bridge-nf-call-iptables=0)", required=False)
+
+
 def probe() -> Report:
     r = Report()
     root = os.geteuid() == 0
@@ -160,6 +181,7 @@ def probe() -> Report:
         else:
             r.checks.append(Check(f"kernel:{feat}", False, "not probed (needs root)", fix,
                                   required))
+    r.checks.append(_bridge_netfilter_check(root))
     netem = kern.get("netem", (False, ""))[0]
     userspace = kern.get("nfqueue", (False, ""))[0] and bool(nfq_lib)
     r.shaping_backend = "netem" if netem else "userspace" if userspace else None

@@ -20,8 +20,9 @@ def throughput_figure(run_dir: Path, manifest: dict[str, Any]) -> Path | None:
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=150)
+    flows = [flow for _, flow in series]
     for (cap, flow), (t, v) in sorted(series.items()):
-        label = flow if len({c for c, _ in series}) == 1 else f"{flow} @ {cap}"
+        label = flow if flows.count(flow) == 1 else f"{flow} @ {cap}"
         ax.plot(t, v, lw=1.2, label=label)
     for ev in manifest.get("events", []):
         if ev.get("action") not in ("start", "stop"):

@@ -170,6 +170,7 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
+    logging.getLogger("mininet").propagate = False  # it has its own handler; no duplicates
     running: dict[str, processes.Running] = {}
     captures: list[tuple[dict[str, Any], subprocess.Popen[bytes]]] = []
     events_done: list[dict[str, Any]] = []
