@@ -26,7 +26,8 @@ class JobSpec:
     run: str
     """'module:function' taking (params, JobContext)."""
     report: str | None = None
-    """'module:function' taking (run_dir: Path) and redrawing the figures."""
+    """'module:function' taking (run_dir: Path) and redrawing the figures (PNG) from the
+    run's CSVs; its return value is ignored."""
     summary: str = ""
 
 

@@ -401,7 +401,9 @@ def report(run_dir: Path) -> list[Path]:
         spec = jobs.get(man["simulation"]["job"])
         if spec.report is None:
             return []
-        return list(jobs.resolve(spec.report)(run_dir) or [])
+        started = time.time()
+        jobs.resolve(spec.report)(run_dir)
+        return sorted(p for p in run_dir.glob("*.png") if p.stat().st_mtime >= started - 1)
     figs = [plots.throughput_figure(run_dir, man)]
     if man.get("chain"):
         figs.append(plots.chain_latency_figure(run_dir, man))

@@ -46,3 +46,23 @@ def test_delay_line_settings_reject_nonsense():
     with pytest.raises(ValueError, match="invalid settings"):
         s.update({"loss": 2, "delay_us": 9})
     assert (s.delay_us, s.loss) == (5000, 0.01)  # a bad change loses nothing
+
+
+def test_simulation_run_writes_manifest_and_report_redraws(tmp_path):
+    """mode: simulation through the runner: manifest, artifacts, then report from CSVs."""
+    from testbed import config, runner
+
+    loaded = config.load_experiment(PROJECT_ROOT / "experiments" / "paper" / "fig4a.yaml",
+                                    ["simulation.params.seeds=1",
+                                     "simulation.params.episodes=2"])
+    run_dir = runner.run(loaded, tmp_path, show_progress=False)
+    man = json.loads((run_dir / "manifest.json").read_text())
+    assert man["status"] == "ok" and man["mode"] == "simulation"
+    assert man["simulation"]["params"]["seeds"] == 1
+    assert "capabilities" in man and man["overrides"][0] == "simulation.params.seeds=1"
+    pngs = sorted(p.name for p in run_dir.glob("*.png"))
+    assert pngs and set(pngs) <= set(man["artifacts"])
+    for p in run_dir.glob("*.png"):
+        p.unlink()
+    redrawn = runner.report(run_dir)
+    assert [p.name for p in redrawn] == pngs
