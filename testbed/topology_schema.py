@@ -13,7 +13,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from testbed import units
 
-Role = Literal["endpoint", "middlebox", "node", "client", "twin"]
+Role = Literal["endpoint", "middlebox", "router", "node", "client", "twin"]
+FORWARDING_ROLES = ("middlebox", "router")
+"""A middlebox is a router that may also run an ABN shim; both forward by default."""
 SwitchKind = Literal["bridge", "ovs-user"]
 
 # Linux interface names hold 15 characters; Mininet names them "<node>-eth<N>".
@@ -99,11 +101,11 @@ class Shaping(Strict):
 class HostSpec(Strict):
     role: Role = "endpoint"
     forward: bool | None = None
-    """Route packets between its interfaces. Default: true for middleboxes only."""
+    """Route packets between its interfaces. Default: true for middleboxes and routers."""
 
     @property
     def forwards(self) -> bool:
-        return self.role == "middlebox" if self.forward is None else self.forward
+        return self.role in FORWARDING_ROLES if self.forward is None else self.forward
 
 
 class SwitchSpec(Strict):

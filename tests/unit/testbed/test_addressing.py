@@ -45,6 +45,9 @@ def test_endpoints_do_not_route_for_others():
     topo.hosts["b"].forward = True
     plan = addressing.plan(topo)
     assert plan.routes["a"] == [(addressing.subnet(2), plan.intf("a-b", "b").ip)]
+    topo.hosts["b"].forward = None
+    topo.hosts["b"].role = "router"  # routers forward by default, as middleboxes do
+    assert addressing.plan(topo).routes["a"] == plan.routes["a"]
 
 
 def test_mininet_topo_graph_without_root():
