@@ -45,9 +45,7 @@ class LoadedExperiment:
         for link in topo.links:
             over = self.experiment.links.get(link.link_name)
             if over is not None:
-                data = link.model_dump()
-                data.update(over.model_dump(exclude_none=True))
-                link = type(link).model_validate(data)
+                link = link.merged(over)
             links.append(link)
         return topo.model_copy(update={"links": links})
 

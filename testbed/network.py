@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,7 @@ class Network:
                 done.append(f"delay line {d.key} <- {msg}")
             elif self.backend == "userspace" and new.needs_delay_line:
                 raise EmulationError(f"{d.key}: no delay line was started for this link")
-            new_dirs.append(Direction(**{**d.__dict__, "shaping": new}))
+            new_dirs.append(replace(d, shaping=new))
         self.directions = new_dirs
         return done
 

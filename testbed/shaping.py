@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from testbed.addressing import Plan
@@ -94,7 +94,7 @@ def directions(
                 site = d.delay_line_site()[0]
                 num = next_queue.get(site, 0) + 1
                 next_queue[site] = num
-                d = Direction(**{**d.__dict__, "queue_num": num})
+                d = replace(d, queue_num=num)
             out.append(d)
     return out
 
@@ -207,7 +207,7 @@ def change_cmds(d: Direction, new: Shaping, backend: Backend) -> list[Cmd]:
     Delay, jitter and loss changes on the userspace backend go to the delay line
     process instead (see testbed.linkemu's control protocol).
     """
-    nd = Direction(**{**d.__dict__, "shaping": new})
+    nd = replace(d, shaping=new)
     cmds: list[Cmd] = []
     if new.bw_bps is not None and d.shaping.bw_bps is not None:
         cmds += htb_cmds(nd, change=True)

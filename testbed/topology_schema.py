@@ -7,7 +7,7 @@ and parsed on access.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -91,11 +91,12 @@ class Shaping(Strict):
     def needs_delay_line(self) -> bool:
         return self.delay_s > 0 or self.jitter_s > 0 or self.loss_p > 0
 
-    def merged(self, override: Shaping) -> Shaping:
-        """This shaping with every field that `override` sets replaced."""
+    def merged(self, override: Shaping) -> Self:
+        """This shaping (of the same model: a LinkSpec stays a LinkSpec) with every
+        field that `override` sets replaced."""
         data = self.model_dump()
         data.update(override.model_dump(exclude_none=True))
-        return Shaping.model_validate(data)
+        return type(self).model_validate(data)
 
 
 class HostSpec(Strict):

@@ -26,6 +26,10 @@ def _write(tmp_path: Path, exp: dict) -> Path:
     return path
 
 
+IPERF_PAIR = [
+    {"name": "srv", "kind": "iperf3_server", "host": "h2"},
+    {"name": "flow", "kind": "iperf3_client", "host": "h1", "server": "h2", "start": 0.5},
+]
 SHAPED = {"path": {"bw": "50mbit", "delay": "10ms", "jitter": "2ms", "loss": "0.1%"}}
 
 
@@ -38,9 +42,7 @@ def test_failing_required_process_fails_the_run_and_cleans_up(tmp_path: Path) ->
     path = _write(tmp_path, {
         "name": "failing", "duration": 20, "links": SHAPED,
         "processes": [
-            {"name": "srv", "kind": "iperf3_server", "host": "h2"},
-            {"name": "flow", "kind": "iperf3_client", "host": "h1", "server": "h2",
-             "start": 0.5},
+            *IPERF_PAIR,
             {"name": "broken", "kind": "command", "host": "h1", "required": True,
              "start": 2, "command": "echo about to fail >&2; exit 3"},
         ],
@@ -59,11 +61,7 @@ def test_failing_required_process_fails_the_run_and_cleans_up(tmp_path: Path) ->
 def test_ctrl_c_mid_run_tears_everything_down(tmp_path: Path) -> None:
     path = _write(tmp_path, {
         "name": "interrupted", "duration": 60, "links": SHAPED,
-        "processes": [
-            {"name": "srv", "kind": "iperf3_server", "host": "h2"},
-            {"name": "flow", "kind": "iperf3_client", "host": "h1", "server": "h2",
-             "start": 0.5},
-        ],
+        "processes": IPERF_PAIR,
         "captures": [{"host": "h2"}],
     })
     proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(path),
