@@ -3,7 +3,9 @@
 #   1. apt packages (only the missing ones; no apt-get update when nothing is missing)
 #   2. .venv made from Debian's /usr/bin/python3 with --system-site-packages, so that
 #      Debian's mininet (which has mnexec; PyPI's has not) is importable
-#   3. the project installed editable, redone only when pyproject.toml changes
+#   3. the project installed editable, redone only when pyproject.toml, setup.py or the C
+#      source of the compiled NFQUEUE loop (abn/_nfqloop.c) change
+#   4. a check that the compiled loop imports; if it does not, fail naming what is missing
 # A second run changes nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,8 +13,15 @@ say() { printf '[setup] %s\n' "$*"; }
 
 APT_PACKAGES=(
   mininet iperf3 tcpdump tshark iptables bridge-utils ethtool iputils-ping iproute2
-  procps psmisc libnetfilter-queue1 libnetfilter-queue-dev openvswitch-switch
+  procps psmisc libnetfilter-queue1 libnetfilter-queue-dev libmnl-dev openvswitch-switch
   python3 python3-venv python3-dev gcc
+)
+# What the compiled NFQUEUE loop (abn/_nfqloop.c) is built from: package -> a file it ships.
+BUILD_NEEDS=(
+  "gcc:/usr/bin/gcc"
+  "python3-dev:$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || echo /usr/include/python3)/Python.h"
+  "libnetfilter-queue-dev:/usr/include/libnetfilter_queue/libnetfilter_queue.h"
+  "libmnl-dev:/usr/include/libmnl/libmnl.h"
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -43,13 +52,38 @@ if ! "$VENV/bin/python" -c "import mininet.net" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 
+build_missing() {
+  local need pkg file out=()
+  for need in "${BUILD_NEEDS[@]}"; do
+    pkg=${need%%:*}; file=${need#*:}
+    [ -e "$file" ] || out+=("$pkg (no $file)")
+  done
+  echo "${out[*]}"
+}
+
 stamp="$VENV/.chaintwin-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  say "installing chaintwin and its Python dependencies into $VENV"
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+want=$(cat pyproject.toml setup.py abn/_nfqloop.c | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
+    || ! "$VENV/bin/python" -c "import abn._nfqloop" 2>/dev/null; then
+  miss=$(build_missing)
+  if [ -n "$miss" ]; then
+    echo "setup.sh: cannot build the compiled NFQUEUE loop (abn/_nfqloop.c): missing $miss;" \
+         "apt-get install them and run ./setup.sh again" >&2
+    exit 1
+  fi
+  say "installing chaintwin (with its compiled NFQUEUE loop) and its Python dependencies"
+  rm -f abn/_nfqloop*.so
+  if ! "$VENV/bin/python" -m pip install -q -e ".[dev]"; then
+    echo "setup.sh: installing chaintwin failed (see pip's output above)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 else
   say "python environment up to date"
+fi
+if ! err=$("$VENV/bin/python" -c "import abn._nfqloop" 2>&1); then
+  echo "setup.sh: the compiled NFQUEUE loop abn._nfqloop does not import: $err" >&2
+  echo "setup.sh: it needs ${BUILD_NEEDS[*]%%:*}; rebuild with: rm $stamp; ./setup.sh" >&2
+  exit 1
 fi
 say "ready: $VENV/bin/chaintwin"

@@ -76,7 +76,8 @@ def one(tmp: Path, rtt_ms: int, gbit: float, seconds: float, granularity: str,
     late = [i["sum"] for i in server["intervals"] if i["sum"]["start"] >= STEADY_AFTER_S]
     steady = sum(i["bytes"] for i in late) * 8 / max(1e-9, sum(i["seconds"] for i in late)) / 1e6
     man = json.loads((run_dir / "manifest.json").read_text())
-    (dl,) = man["delay_lines"].values()
+    dls = man["delay_lines"]
+    (dl,) = dls["links"].values()
     ncpu = os.cpu_count() or 1
     return {
         "rtt_ms": rtt_ms, "rate_mbit": gbit * 1000, "goodput_mbit": round(goodput, 1),
@@ -86,7 +87,9 @@ def one(tmp: Path, rtt_ms: int, gbit: float, seconds: float, granularity: str,
         "retransmits": data["end"]["sum_sent"].get("retransmits"),
         "delay_line_packets": dl["counters"]["received"],
         "delay_line_pkts_per_s": round(dl["counters"]["received"] / seconds),
-        "delay_line_cpu": round(dl["cpu_s"] / (seconds + 2), 2),
+        "delay_line_cpu": round(dls["cpu_s"] / (seconds + 2), 2),
+        "late_over_1ms": dl["counters"]["late_over_1ms"],
+        "overflow": dl["counters"]["overflow"],
         "machine_cpu": round((b1 - b0) / (t1 - t0), 2),
         "cores": ncpu, "granularity": dl["settings"]["gso"] and "segment" or "packet",
         "cc": cc, "jitter_ms": jitter_ms,

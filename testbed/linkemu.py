@@ -1,91 +1,52 @@
-"""Userspace link emulator: a delay line with jitter and loss behind an NFQUEUE.
+"""Userspace link emulator: delay lines with jitter and loss behind NFQUEUE, one process.
 
-For kernels without sch_netem. An iptables rule hands the link's packets to queue N;
-this process keeps only each packet's id (metadata copy, no payload), decides its fate
-(drop with probability `loss`, else release after `delay` +- uniform `jitter`), and
-issues the ACCEPT verdict at the release time. The kernel keeps the packet meanwhile,
-so nothing is copied to userspace.
+For kernels without sch_netem. An iptables rule hands each shaped direction's packets
+to an NFQUEUE in the namespace where the rule sits; ONE process serves all of a run's
+queues (a "lane" each, with its own settings and counters), so the cost grows with
+packets, not with links. The per-packet loop (receive, decide, schedule, verdict) is
+compiled: `abn._nfqloop` (see its C source). This module keeps the policy around it:
+settings and their checks, the control channel, counters streamed to disk every period,
+and `Scheduler`, the executable reference of the scheduling rules that the compiled
+scheduler is tested against (same random stream, same results).
 
-Granularity: with `--gso` the kernel queues whole GSO segments (NFQUEUE's F_GSO flag),
-~30x fewer packets at high rates, but one drop or reorder hits a whole segment; with
-`--no-gso` it splits them and each MTU packet gets its own fate (netem's semantics).
+Granularity: with `gso` the kernel queues whole GSO segments (NFQUEUE's F_GSO flag),
+~30x fewer packets at high rates, but one drop or reorder hits a whole segment; without
+it the kernel splits them and each MTU packet gets its own fate (netem's semantics).
 
-Reordering policy: with `--reorder` each packet draws its own delay and may overtake
-others, as netem's jitter does; with `--no-reorder` a packet never leaves before the
-one queued ahead of it.
+Reordering: with `reorder` each packet draws its own delay and may overtake others, as
+netem's jitter does; without it a packet never leaves before the one queued ahead of it.
 
-Control: one JSON object per line on stdin changes settings at run time, e.g.
-{"delay_us": 50000, "jitter_us": 0, "loss": 0.01, "reorder": true, "gso": false};
-end of stdin or SIGTERM releases every held packet and exits, writing counters to
-`--stats`.
+Run as `python -m testbed.linkemu --config lanes.json`; the config lists the lanes
+(name, netns path, queue number, settings, seed). Control: one JSON object per line on
+stdin changes one lane's settings at run time, e.g. {"link": "path:mb>h2", "delay_us":
+50000, "jitter_us": 0, "loss": 0.01, "reorder": true, "gso": false}; a bad line is
+refused whole and counted. End of stdin or SIGTERM releases every held packet and exits,
+writing the counters to the stats file. Every `period_s` one record per lane and one for
+the process go to the periods file (JSON lines, flushed as written):
+  {"kind": "link", "unix", "period_s", "link", "received", "released", "dropped",
+   "late_over_1ms", "late_max_us", "held", "overflow"}      (counts for that period)
+  {"kind": "process", "unix", "period_s", "cpu", "pid"}      (cores used in the period)
+`overflow` counts packets the kernel had to pass unshaped (queue or socket full: their
+ids never reached us) or that found no room here.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import errno
 import heapq
 import json
+import math
 import os
-import random
-import select
 import signal
-import socket
 import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
 
-NF_DROP, NF_ACCEPT = 0, 1
-NFQNL_COPY_META = 1
-NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO = 1 << 0, 1 << 2
-NETLINK_NO_ENOBUFS = 5
-SOL_NETLINK = 270
-QUEUE_MAXLEN = 1_000_000
-RCVBUF = 64 * 1024 * 1024
-MAX_LEAD_S = 0.002
-
-
-class _PacketHdr(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("packet_id", ctypes.c_uint32), ("hw_protocol", ctypes.c_uint16),
-                ("hook", ctypes.c_uint8)]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_void_p, ctypes.c_void_p)
-
-
-def load_library() -> ctypes.CDLL:
-    """libnetfilter_queue (Debian: libnetfilter-queue1); raises with what to install."""
-    name = ctypes.util.find_library("netfilter_queue") or "libnetfilter_queue.so.1"
-    try:
-        lib = ctypes.CDLL(name, use_errno=True)
-    except OSError as exc:
-        raise RuntimeError(
-            "libnetfilter_queue is missing: apt-get install libnetfilter-queue1"
-        ) from exc
-    vp, u16, u32, i = ctypes.c_void_p, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int
-    sigs = {
-        "nfq_open": ([], vp), "nfq_close": ([vp], i),
-        "nfq_unbind_pf": ([vp, u16], i), "nfq_bind_pf": ([vp, u16], i),
-        "nfq_create_queue": ([vp, u16, _CALLBACK, vp], vp),
-        "nfq_destroy_queue": ([vp], i),
-        "nfq_set_mode": ([vp, ctypes.c_uint8, u32], i),
-        "nfq_set_queue_maxlen": ([vp, u32], i),
-        "nfq_set_queue_flags": ([vp, u32, u32], i),
-        "nfq_fd": ([vp], i),
-        "nfq_handle_packet": ([vp, ctypes.c_char_p, i], i),
-        "nfq_get_msg_packet_hdr": ([vp], ctypes.POINTER(_PacketHdr)),
-        "nfq_set_verdict": ([vp, u32, u32, u32, vp], i),
-        "nfq_set_verdict_batch": ([vp, u32, u32], i),
-    }
-    for fname, (args, res) in sigs.items():
-        fn = getattr(lib, fname)
-        fn.argtypes, fn.restype = args, res
-    return lib
+PERIOD_S = 1.0
+LATE_NS = 1_000_000
 
 
 @dataclass
@@ -102,252 +63,280 @@ class Settings:
         for key, value in data.items():
             if key not in self.__dataclass_fields__:
                 raise ValueError(f"unknown setting {key!r}")
-            setattr(new, key, type(getattr(self, key))(value))
+            if isinstance(value, (dict, list)) or value is None:
+                raise ValueError(f"setting {key!r}: expected a number or bool, got {value!r}")
+            setattr(new, key, type(getattr(self, key))(value))  # type: ignore[operator]
         if new.delay_us < 0 or new.jitter_us < 0 or not 0 <= new.loss <= 1:
             raise ValueError(f"invalid settings {asdict(new)}")
         for key in data:
             setattr(self, key, getattr(new, key))
 
 
-@dataclass
-class Counters:
-    received: int = 0
-    dropped: int = 0
-    released: int = 0
-    max_held: int = 0
-    enobufs: int = 0
-    late_release_max_us: int = 0
-    release_rounds: int = 0
-    wake_lead_us: int = 0
-    """Current wake-up lead: how much earlier than a release the loop wakes."""
-    late_over_1ms: int = 0
-    """Release rounds whose first packet left more than 1 ms after its release time."""
-    control_errors: int = 0
+class SplitMix64:
+    """The random stream both schedulers draw from (so they can be compared exactly)."""
+
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed & self.MASK
+
+    def uniform(self) -> float:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & self.MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK
+        z ^= z >> 31
+        return (z >> 11) * 2.0**-53
 
 
 class Scheduler:
     """Each packet's fate and release time, and the order of releases; no I/O.
 
-    Ordered traffic (fixed delay, or `reorder` off) sits in a FIFO whose release times
-    never decrease, so one batch verdict can release a run of packets. With reordering
-    jitter, packets sit in a heap keyed by release time. `last_release` is the latest
-    release time handed out in either mode, so switching to ordered mode at run time
-    never lets a new packet overtake one still held.
+    Times are integer nanoseconds. Ordered traffic (fixed delay, or `reorder` off) sits
+    in a FIFO whose release times never decrease, so one batch verdict can release a
+    run of packets. With reordering jitter, packets sit in a heap keyed by (release
+    time, arrival). `last_release` is the latest release time handed out in either
+    mode, so switching to ordered mode at run time never lets a new packet overtake one
+    still held (new packets join the heap until it has drained). A packet's lateness is
+    the time `due` is called minus its release time.
     """
 
-    def __init__(self, settings: Settings, seed: int) -> None:
-        self.settings = settings
-        self.rng = random.Random(seed)
-        self.counters = Counters()
-        self.fifo: deque[tuple[float, int]] = deque()
-        self.heap: list[tuple[float, int]] = []
-        self.last_release = 0.0
+    def __init__(self, seed: int = 1, **settings: Any) -> None:
+        self.settings = Settings()
+        self.settings.update(settings)
+        self.rng = SplitMix64(seed)
+        self.fifo: deque[tuple[int, int, int]] = deque()
+        self.heap: list[tuple[int, int, int]] = []
+        self.last_release = 0
+        self.seq = 0
+        self.c = {"received": 0, "dropped": 0, "released": 0, "late_over_1ms": 0,
+                  "late_max_us": 0, "max_held": 0}
+
+    def configure(self, **settings: Any) -> None:
+        self.settings.update(settings)
 
     @property
     def ordered(self) -> bool:
         s = self.settings
         return s.jitter_us == 0 or not s.reorder
 
-    def admit(self, pid: int, now: float) -> bool:
-        """Decide packet `pid`'s fate on arrival: False means drop it now."""
-        c, s = self.counters, self.settings
-        c.received += 1
-        if s.loss and self.rng.random() < s.loss:
-            c.dropped += 1
+    def admit(self, pid: int, now: int) -> bool:
+        """Decide packet `pid`'s fate on arrival at `now` (ns): False means drop it now."""
+        c, s = self.c, self.settings
+        c["received"] += 1
+        if s.loss > 0 and self.rng.uniform() < s.loss:
+            c["dropped"] += 1
             return False
-        delay: float = s.delay_us
+        delay = s.delay_us * 1000
         if s.jitter_us:
-            delay = max(0.0, delay + self.rng.uniform(-s.jitter_us, s.jitter_us))
-        release = now + delay * 1e-6
+            u = self.rng.uniform()
+            delay = max(0, delay + math.floor((2.0 * u - 1.0) * (s.jitter_us * 1000) + 0.5))
+        item = (now + delay, self.seq, pid)
+        self.seq += 1
         if self.ordered:
-            release = max(release, self.last_release)
-            if self.heap:  # switched from reordering: drain the heap first, in order
-                heapq.heappush(self.heap, (release, pid))
+            item = (max(item[0], self.last_release), item[1], pid)
+            if self.heap:
+                heapq.heappush(self.heap, item)
             else:
-                self.fifo.append((release, pid))
+                self.fifo.append(item)
         else:
-            heapq.heappush(self.heap, (release, pid))
-        self.last_release = max(self.last_release, release)
-        held = len(self.fifo) + len(self.heap)
-        if held > c.max_held:
-            c.max_held = held
+            heapq.heappush(self.heap, item)
+        self.last_release = max(self.last_release, item[0])
+        c["max_held"] = max(c["max_held"], len(self.fifo) + len(self.heap))
         return True
 
-    def due(self, now: float) -> tuple[int | None, list[int]]:
+    def due(self, now: int) -> tuple[int | None, list[int]]:
         """Packets to release at `now`: (highest id of a FIFO run released with one batch
         verdict, or None; ids to release one by one, in release order)."""
-        c = self.counters
-        batch_last = None
-        fifo = self.fifo
-        if fifo and fifo[0][0] <= now:
-            t0 = fifo[0][0]
-            n = 0
-            while fifo and fifo[0][0] <= now:
-                batch_last = fifo.popleft()[1]
-                n += 1
-            c.released += n
-            if now != float("inf"):
-                self.note_lateness(now - t0)
-        singles: list[int] = []
-        heap = self.heap
-        if heap and heap[0][0] <= now and now != float("inf"):
-            self.note_lateness(now - heap[0][0])
-        while heap and heap[0][0] <= now:
-            singles.append(heapq.heappop(heap)[1])
-        c.released += len(singles)
-        return batch_last, singles
+        batch = None
+        while self.fifo and self.fifo[0][0] <= now:
+            t, _, batch = self.fifo.popleft()
+            self._released(now - t)
+        singles = []
+        while self.heap and self.heap[0][0] <= now:
+            t, _, pid = heapq.heappop(self.heap)
+            self._released(now - t)
+            singles.append(pid)
+        return batch, singles
 
-    def note_lateness(self, late_s: float) -> None:
-        """How late the earliest due packet of a release round went out."""
-        c = self.counters
-        c.release_rounds += 1
-        late = int(late_s * 1e6)
-        if late > c.late_release_max_us:
-            c.late_release_max_us = late
-        if late > 1000:
-            c.late_over_1ms += 1
+    def _released(self, late: int) -> None:
+        c = self.c
+        c["released"] += 1
+        c["late_max_us"] = max(c["late_max_us"], late // 1000)
+        if late > LATE_NS:
+            c["late_over_1ms"] += 1
 
-    def next_release(self) -> float | None:
+    def next_release(self) -> int | None:
         times = [q[0][0] for q in (self.fifo, self.heap) if q]
         return min(times) if times else None
 
+    def counters(self) -> dict[str, int]:
+        return dict(self.c)
 
-class DelayLine:
-    """A Scheduler fed by an NFQUEUE: packet ids in, verdicts out at release time."""
 
-    def __init__(self, queue_num: int, settings: Settings, seed: int) -> None:
-        self.lib = load_library()
-        self.settings = settings
-        self.sched = Scheduler(settings, seed)
-        self.counters = self.sched.counters
-        self.lead = 0.0
-        self._cb = _CALLBACK(self._on_packet)
-        lib = self.lib
-        self.h = lib.nfq_open()
-        if not self.h:
-            raise RuntimeError("nfq_open failed (needs root / CAP_NET_ADMIN)")
-        lib.nfq_unbind_pf(self.h, socket.AF_INET)
-        lib.nfq_bind_pf(self.h, socket.AF_INET)
-        self.qh = lib.nfq_create_queue(self.h, queue_num, self._cb, None)
-        if not self.qh:
-            raise RuntimeError(f"cannot bind NFQUEUE {queue_num} (in use?)")
-        lib.nfq_set_mode(self.qh, NFQNL_COPY_META, 0)
-        lib.nfq_set_queue_maxlen(self.qh, QUEUE_MAXLEN)
-        self._apply_gso()
-        self.fd = lib.nfq_fd(self.h)
-        self.sock = socket.socket(fileno=os.dup(self.fd))
-        self.sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
-        self.sock.setblocking(False)
-        self.buf = ctypes.create_string_buffer(256 * 1024)
-        self.view = memoryview(self.buf).cast("B")
+def compiled() -> Any:
+    """The compiled loop module; raises with how to build it."""
+    try:
+        from abn import _nfqloop
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the compiled NFQUEUE loop abn._nfqloop is missing ({exc}); run ./setup.sh "
+            "(it needs gcc, python3-dev, libnetfilter-queue-dev and libmnl-dev)") from exc
+    return _nfqloop
 
-    def _apply_gso(self) -> None:
-        flags = NFQA_CFG_F_GSO if self.settings.gso else 0
-        self.lib.nfq_set_queue_flags(self.qh, NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN, flags)
 
-    def reconfigure(self, data: dict[str, object]) -> None:
-        old_gso = self.settings.gso
-        self.settings.update(data)
-        if self.settings.gso != old_gso:
-            self._apply_gso()
+@dataclass(frozen=True)
+class LaneSpec:
+    """One shaped direction served by the process."""
 
-    def _on_packet(self, qh: int, nfmsg: int, nfad: int, data: int) -> int:
-        hdr = self.lib.nfq_get_msg_packet_hdr(nfad)
-        pid = socket.ntohl(hdr.contents.packet_id)
-        if not self.sched.admit(pid, time.monotonic()):
-            self.lib.nfq_set_verdict(self.qh, pid, NF_DROP, 0, None)
-        return 0
+    name: str
+    queue: int
+    netns: str | None
+    settings: dict[str, Any]
+    seed: int
 
-    def _receive(self) -> None:
-        recv_into, handle = self.sock.recv_into, self.lib.nfq_handle_packet
-        h, buf = self.h, self.buf
-        for _ in range(256):
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> LaneSpec:
+        return LaneSpec(str(d["name"]), int(d["queue"]), d.get("netns"), dict(d["settings"]),
+                        int(d.get("seed", 1)))
+
+
+PERIOD_FIELDS = ("received", "released", "dropped", "late_over_1ms", "overflow")
+
+
+class DelayLines:
+    """The compiled loop with its lanes, the control channel and the period records."""
+
+    def __init__(self, lanes: list[LaneSpec], control_fd: int | None,
+                 periods: IO[str] | None, period_s: float = PERIOD_S) -> None:
+        nfq = compiled()
+        self.loop = nfq.Loop(-1 if control_fd is None else control_fd)
+        self.control_fd = control_fd
+        self.periods = periods
+        self.period_s = period_s
+        self.names: dict[str, int] = {}
+        self.specs: dict[str, LaneSpec] = {}
+        self.settings: dict[str, Settings] = {}
+        self.control_errors = 0
+        for lane in lanes:
+            if lane.name in self.names:
+                raise ValueError(f"two lanes named {lane.name!r}")
+            st = Settings()
+            st.update(lane.settings)
+            fd = os.open(lane.netns, os.O_RDONLY) if lane.netns else -1
             try:
-                n = recv_into(self.view)
-            except BlockingIOError:
-                return
+                idx = self.loop.add_lane(lane.queue, asdict(st), netns_fd=fd, seed=lane.seed)
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.counters.enobufs += 1
-                    continue
-                raise
-            handle(h, buf, n)
+                raise RuntimeError(f"lane {lane.name} (queue {lane.queue} in "
+                                   f"{lane.netns or 'this namespace'}): {exc}") from exc
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            self.names[lane.name] = idx
+            self.specs[lane.name] = lane
+            self.settings[lane.name] = st
+        self._last = {name: self.loop.stats(i, True) for name, i in self.names.items()}
+        self._cpu = _cpu_s()
+        self._t = time.monotonic()
+        self._pending = b""
 
-    def _release_due(self, now: float) -> None:
-        batch_last, singles = self.sched.due(now)
-        if batch_last is not None:
-            # FIFO ids are increasing and every lower id already has its verdict,
-            # so one batch verdict releases the whole run.
-            self.lib.nfq_set_verdict_batch(self.qh, batch_last, NF_ACCEPT)
-        verdict, qh = self.lib.nfq_set_verdict, self.qh
-        for pid in singles:
-            verdict(qh, pid, NF_ACCEPT, 0, None)
+    def reconfigure(self, data: dict[str, Any]) -> None:
+        """Change one lane's settings: all of the change or none of it."""
+        if not isinstance(data, dict) or "link" not in data:
+            raise ValueError("expected {\"link\": NAME, setting: value, ...}")
+        change = dict(data)
+        name = change.pop("link")
+        if name not in self.names:
+            raise ValueError(f"no lane {name!r}; lanes: {sorted(self.names)}")
+        new = Settings(**asdict(self.settings[name]))
+        new.update(change)
+        self.loop.configure(self.names[name], **asdict(new))
+        self.settings[name] = new
 
-    def note_wakeup(self, late_s: float) -> None:
-        """Track how late timer wake-ups are (EWMA, capped at MAX_LEAD_S)."""
-        late = min(max(late_s, 0.0), MAX_LEAD_S)  # lateness relative to the early target
-        self.lead += 0.1 * (late - self.lead)
-        self.counters.wake_lead_us = int(self.lead * 1e6)
+    def read_control(self) -> bool:
+        """Handle what arrived on the control fd; False at end of input."""
+        assert self.control_fd is not None
+        chunk = os.read(self.control_fd, 65536)
+        if not chunk:
+            return False
+        self._pending += chunk
+        while b"\n" in self._pending:
+            raw, self._pending = self._pending.split(b"\n", 1)
+            if not raw.strip():
+                continue
+            try:
+                self.reconfigure(json.loads(raw))
+            except (ValueError, TypeError) as exc:
+                self.control_errors += 1
+                print(f"linkemu: bad control message {raw[:200]!r}: {exc}", file=sys.stderr,
+                      flush=True)
+        if len(self._pending) > 65536:  # a bound on what a runaway writer can make us hold
+            self.control_errors += 1
+            self._pending = b""
+        return True
 
-    def next_release(self) -> float | None:
-        return self.sched.next_release()
+    def serve(self) -> None:
+        """Run the compiled loop, coming back for control input and period records."""
+        next_period = time.monotonic() + self.period_s
+        while True:
+            ctl = self.loop.run(max(0.0, next_period - time.monotonic()))
+            if ctl and self.control_fd is not None and not self.read_control():
+                return
+            if time.monotonic() >= next_period:
+                self.write_period()
+                next_period += self.period_s
+                if next_period < time.monotonic():
+                    next_period = time.monotonic() + self.period_s
 
-    def release_all(self) -> None:
-        self._release_due(float("inf"))
+    def write_period(self) -> None:
+        now, cpu = time.monotonic(), _cpu_s()
+        span = max(1e-9, now - self._t)
+        unix = round(time.time(), 3)
+        lines = []
+        for name, i in self.names.items():
+            st = self.loop.stats(i, True)
+            prev = self._last[name]
+            rec = {"kind": "link", "unix": unix, "period_s": round(span, 3), "link": name}
+            rec.update({k: st[k] - prev[k] for k in PERIOD_FIELDS})
+            rec["late_max_us"] = st["period_late_max_us"]
+            rec["held"] = st["held"]
+            lines.append(rec)
+            self._last[name] = st
+        lines.append({"kind": "process", "unix": unix, "period_s": round(span, 3),
+                      "cpu": round((cpu - self._cpu) / span, 3), "pid": os.getpid()})
+        self._t, self._cpu = now, cpu
+        if self.periods is not None:
+            self.periods.write("".join(json.dumps(r) + "\n" for r in lines))
+            self.periods.flush()
 
     def close(self) -> None:
-        self.release_all()
-        self.lib.nfq_destroy_queue(self.qh)
-        self.lib.nfq_close(self.h)
-        self.sock.close()
+        self.loop.close()
+
+    def summary(self) -> dict[str, Any]:
+        links = {}
+        for name, i in self.names.items():
+            st = self.loop.stats(i)
+            spec = self.specs[name]
+            settings = {k: st.pop(k) for k in ("delay_us", "jitter_us", "loss", "reorder", "gso")}
+            st.pop("period_late_max_us")
+            links[name] = {"queue": spec.queue, "netns": spec.netns, "settings": settings,
+                           "counters": st}
+        return {"links": links, "timing": self.loop.timing(),
+                "control_errors": self.control_errors,
+                "late_hist_edges_us": compiled().LATE_HIST_EDGES_US}
 
 
-def serve(line: DelayLine, control_fd: int | None) -> None:
-    """The event loop: sleep until the next release or a packet, release what is due.
-
-    select() takes a microsecond timeout (poll() only milliseconds, which made the loop
-    spin through the last millisecond before every release). Timers still fire late
-    after a sleep (measured ~0.3 ms in a VM), so the loop keeps an estimate of its own
-    wake-up lateness (`lead`, an EWMA) and wakes that much earlier; packets then leave
-    on time on average instead of always late, without spinning.
-    """
-    fds = [line.fd] if control_fd is None else [line.fd, control_fd]
-    pending = b""
-    while True:
-        nxt = line.next_release()
-        now = time.monotonic()
-        target = None if nxt is None else nxt - line.lead
-        timeout = 0.1 if target is None else max(0.0, target - now)
-        ready, _, _ = select.select(fds, [], [], timeout)
-        if not ready and target is not None and timeout > 0:
-            line.note_wakeup(time.monotonic() - target)
-        for fd in ready:
-            if fd == line.fd:
-                line._receive()
-            elif control_fd is not None and fd == control_fd:
-                chunk = os.read(control_fd, 65536)
-                if not chunk:
-                    return
-                pending += chunk
-                while b"\n" in pending:
-                    raw, pending = pending.split(b"\n", 1)
-                    if raw.strip():
-                        try:
-                            line.reconfigure(json.loads(raw))
-                        except (ValueError, TypeError) as exc:
-                            line.counters.control_errors += 1
-                            print(f"linkemu: bad control message {raw!r}: {exc}",
-                                  file=sys.stderr, flush=True)
-        line._release_due(time.monotonic() + line.lead)
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def realtime_priority(priority: int = 20) -> str:
     """Run as a SCHED_FIFO task so wake-ups are on time on a busy machine.
 
-    A delay line sleeping in select() otherwise waits for a CPU when its timer fires:
+    A delay line sleeping in the kernel otherwise waits for a CPU when its timer fires:
     measured here with two cores loaded, releases went up to 8 ms late. The loop blocks
-    in select(), and the kernel's RT throttling caps an RT task at 95% of a core.
+    between releases, and the kernel's RT throttling caps an RT task at 95% of a core.
     Falls back to nice -10, then to normal scheduling; returns what it got.
     """
     try:
@@ -365,47 +354,45 @@ def realtime_priority(priority: int = 20) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m testbed.linkemu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--queue", type=int, required=True)
-    ap.add_argument("--delay-us", type=int, default=0)
-    ap.add_argument("--jitter-us", type=int, default=0)
-    ap.add_argument("--loss", type=float, default=0.0)
-    ap.add_argument("--reorder", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--gso", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--config", required=True, help="JSON: {\"lanes\": [...]}")
     ap.add_argument("--stats", help="write counters as JSON here on exit")
-    ap.add_argument("--name", default="")
+    ap.add_argument("--periods", help="append period records (JSON lines) here")
+    ap.add_argument("--period", type=float, default=PERIOD_S, help="seconds per record")
     ap.add_argument("--no-control", action="store_true", help="ignore stdin")
     ap.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
                     help="SCHED_FIFO scheduling for on-time releases (default on)")
     args = ap.parse_args(argv)
-    settings = Settings(args.delay_us, args.jitter_us, args.loss, args.reorder, args.gso)
-    settings.update({})
-    line = DelayLine(args.queue, settings, args.seed)
+    cfg = json.loads(Path(args.config).read_text())
+    lanes = [LaneSpec.from_dict(d) for d in cfg["lanes"]]
+    periods = open(args.periods, "a") if args.periods else None
+    lines = DelayLines(lanes, None if args.no_control else sys.stdin.fileno(), periods,
+                       args.period)
     sched = realtime_priority() if args.realtime else "normal"
+
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
-    print(f"linkemu {args.name} queue={args.queue} {json.dumps(asdict(settings))} ready",
-          flush=True)
+    print(f"linkemu: {len(lanes)} lanes ready", flush=True)
     try:
-        serve(line, None if args.no_control else sys.stdin.fileno())
+        lines.serve()
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        line.close()
-        t = os.times()
-        result = {"name": args.name, "queue": args.queue, "settings": asdict(line.settings),
-                  "counters": asdict(line.counters), "cpu_s": round(t.user + t.system, 3),
-                  "scheduling": sched}
+        lines.write_period()
+        lines.close()
+        result = lines.summary()
+        result.update({"cpu_s": round(_cpu_s(), 3), "scheduling": sched, "pid": os.getpid()})
         if args.stats:
             tmp = args.stats + ".tmp"
             with open(tmp, "w") as fh:
                 json.dump(result, fh, indent=1)
             os.replace(tmp, args.stats)
-        print(json.dumps(result), flush=True)
+        if periods is not None:
+            periods.close()
+        print(json.dumps({"cpu_s": result["cpu_s"], "lanes": len(lanes)}), flush=True)
     return 0
 
 

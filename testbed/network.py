@@ -75,10 +75,14 @@ def build_topo(topo: Topology, plan: Plan) -> Any:
 
 @dataclass
 class DelayLineProc:
-    direction: Direction
+    """The one delay-line process of a run and the files it writes."""
+
     proc: subprocess.Popen[bytes]
+    config_path: Path
     stats_path: Path
+    periods_path: Path
     log_path: Path
+    lanes: dict[str, Direction]
 
 
 @dataclass
@@ -91,7 +95,7 @@ class Network:
     plan: Plan = field(init=False)
     directions: list[Direction] = field(init=False)
     net: Any = None
-    delay_lines: dict[str, DelayLineProc] = field(default_factory=dict)
+    delay_lines: DelayLineProc | None = None
     commands: list[dict[str, Any]] = field(default_factory=list)
     _queued: list[Direction] = field(default_factory=list)
     """Directions whose NFQUEUE rule is installed (removed again in stop())."""
@@ -128,10 +132,8 @@ class Network:
         for d in self.directions:
             for cmd in shaping.setup_cmds(d, self.backend):
                 self.run(cmd)
-        if self.backend == "userspace":
-            for d in self.directions:
-                if d.queue_num:
-                    self._start_delay_line(d)
+        if self.backend == "userspace" and any(d.queue_num for d in self.directions):
+            self._start_delay_lines([d for d in self.directions if d.queue_num])
 
     def _configure_hosts(self) -> None:
         uses_ovs = any((s.kind or self.topo.switch) == "ovs-user"
@@ -155,33 +157,44 @@ class Network:
                 for intf in self.plan.intfs_of(name):
                     h.cmd(f"ethtool -K {intf.name} tx off >/dev/null 2>&1")
 
-    def _start_delay_line(self, d: Direction) -> None:
-        site, _, _ = d.delay_line_site()
-        safe = d.key.replace(":", "_").replace(">", "-")
-        stats = self.run_dir / "linkemu" / f"{safe}.json"
-        logf = self.run_dir / "linkemu" / f"{safe}.log"
-        stats.parent.mkdir(parents=True, exist_ok=True)
-        argv = shaping.delay_line_argv(d, self.seed + d.queue_num * 7919, str(stats))
-        out = open(logf, "wb")
-        proc = popen(self.node(site), list(argv), stdin=subprocess.PIPE, stdout=out,
-                     stderr=subprocess.STDOUT, cwd=str(_project_root()))
+    def _start_delay_lines(self, dirs: list[Direction]) -> None:
+        """One process serves every delayed direction (a lane each, in its own namespace);
+        the NFQUEUE rules go in once it has bound every queue."""
+        folder = self.run_dir / "linkemu"
+        folder.mkdir(parents=True, exist_ok=True)
+        lanes: list[dict[str, object]] = []
+        for d in dirs:
+            site = self.node(d.delay_line_site()[0])
+            lanes.append(shaping.lane_spec(d, self.seed + d.queue_num * 7919 + len(lanes),
+                                           f"/proc/{site.pid}/ns/net"))
+        config = folder / "lanes.json"
+        config.write_text(json.dumps({"lanes": lanes}, indent=1))
+        dl = DelayLineProc(None, config, folder / "stats.json",  # type: ignore[arg-type]
+                           folder / "periods.jsonl", folder / "linkemu.log",
+                           {d.key: d for d in dirs})
+        argv = shaping.delay_lines_argv(str(dl.config_path), str(dl.stats_path),
+                                        str(dl.periods_path))
+        out = open(dl.log_path, "wb")
+        dl.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=str(_project_root()),
+                                   start_new_session=True)
         out.close()
-        self.delay_lines[d.key] = DelayLineProc(d, proc, stats, logf)
-        deadline = time.monotonic() + 10
-        while b"ready" not in logf.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise EmulationError(
-                    f"delay line for {d.key} did not start: {logf.read_text(errors='replace')}"
-                )
+        self.delay_lines = dl
+        deadline = time.monotonic() + 20
+        while b"ready" not in dl.log_path.read_bytes():
+            if dl.proc.poll() is not None or time.monotonic() > deadline:
+                raise EmulationError("the delay-line process did not start: "
+                                     f"{dl.log_path.read_text(errors='replace')[-800:]}")
             time.sleep(0.02)
-        self.run(shaping.delay_line_rule(d))
-        self._queued.append(d)
+        for d in dirs:
+            self.run(shaping.delay_line_rule(d))
+            self._queued.append(d)
 
     def check_delay_lines(self) -> None:
-        for key, dl in self.delay_lines.items():
-            if dl.proc.poll() is not None:
-                raise EmulationError(f"delay line {key} exited ({dl.proc.returncode}): "
-                                     f"{dl.log_path.read_text(errors='replace')[-500:]}")
+        dl = self.delay_lines
+        if dl is not None and dl.proc.poll() is not None:
+            raise EmulationError(f"the delay-line process exited ({dl.proc.returncode}): "
+                                 f"{dl.log_path.read_text(errors='replace')[-500:]}")
 
     def set_link(self, link: str, change: Shaping) -> list[str]:
         """Change a link's shaping at run time; returns what was done."""
@@ -195,13 +208,13 @@ class Network:
             for cmd in shaping.change_cmds(d, new, self.backend):
                 self.run(cmd)
                 done.append(cmd.shell())
-            if self.backend == "userspace" and d.key in self.delay_lines:
-                msg = json.dumps(shaping.emulator_config(new))
-                proc = self.delay_lines[d.key].proc
-                assert proc.stdin is not None
-                proc.stdin.write(msg.encode() + b"\n")
-                proc.stdin.flush()
-                done.append(f"delay line {d.key} <- {msg}")
+            dl = self.delay_lines
+            if self.backend == "userspace" and dl is not None and d.key in dl.lanes:
+                msg = json.dumps({"link": d.key, **shaping.emulator_config(new)})
+                assert dl.proc.stdin is not None
+                dl.proc.stdin.write(msg.encode() + b"\n")
+                dl.proc.stdin.flush()
+                done.append(f"delay line <- {msg}")
             elif self.backend == "userspace" and new.needs_delay_line:
                 raise EmulationError(f"{d.key}: no delay line was started for this link")
             new_dirs.append(replace(d, shaping=new))
@@ -229,25 +242,34 @@ class Network:
                 self.run(Cmd(name, ("ip", "route", "replace", subnet, "via", via)), check=False)
 
     def delay_line_stats(self) -> dict[str, Any]:
-        out = {}
-        for key, dl in self.delay_lines.items():
-            if dl.stats_path.exists():
-                try:
-                    out[key] = json.loads(dl.stats_path.read_text())
-                except ValueError as exc:
-                    out[key] = {"error": f"unreadable stats {dl.stats_path.name}: {exc}"}
-        return out
+        """What the delay-line process wrote at exit: {"links": {direction: ...}, cpu...}."""
+        dl = self.delay_lines
+        if dl is None:
+            return {}
+        if not dl.stats_path.exists():
+            return {"error": f"no {dl.stats_path.name}: the delay-line process wrote no "
+                             f"counters (exit code {dl.proc.returncode})"}
+        try:
+            data: dict[str, Any] = json.loads(dl.stats_path.read_text())
+        except ValueError as exc:
+            return {"error": f"unreadable {dl.stats_path.name}: {exc}"}
+        return data
 
     def stop(self) -> None:
-        """Tear down in a fixed order; every step runs even if an earlier one fails."""
-        for dl in self.delay_lines.values():
-            _stop_process(dl.proc, close_stdin=True)
+        """Tear down in a fixed order; every step runs even if an earlier one fails.
+
+        NFQUEUE rules go first, so no packet is queued to a delay line that is gone; then
+        the delay-line process releases what it holds and exits; then qdiscs, Mininet.
+        """
         if self.net is not None:
             for d in reversed(self._queued):
                 try:
                     self.run(shaping.delay_line_rule(d, "-D"), check=False)
                 except Exception as exc:  # noqa: BLE001 - teardown must go on
                     log.warning("removing the NFQUEUE rule of %s: %s", d.key, exc)
+        if self.delay_lines is not None:
+            _stop_process(self.delay_lines.proc, close_stdin=True)
+        if self.net is not None:
             for d in self.directions:
                 try:
                     if d.shaping.bw_bps is not None or d.shaping.needs_delay_line:

@@ -185,15 +185,17 @@ def emulator_config(s: Shaping) -> dict[str, object]:
     }
 
 
-def delay_line_argv(d: Direction, seed: int, stats_path: str) -> tuple[str, ...]:
-    cfg = emulator_config(d.shaping)
-    argv = [sys.executable, "-m", "testbed.linkemu", "--queue", str(d.queue_num),
-            "--delay-us", str(cfg["delay_us"]), "--jitter-us", str(cfg["jitter_us"]),
-            "--loss", repr(cfg["loss"]), "--seed", str(seed), "--stats", stats_path,
-            "--name", d.key]
-    argv.append("--reorder" if cfg["reorder"] else "--no-reorder")
-    argv.append("--gso" if cfg["gso"] else "--no-gso")
-    return tuple(argv)
+def lane_spec(d: Direction, seed: int, netns: str | None) -> dict[str, object]:
+    """One lane of the delay-line process: the direction's queue in its site's namespace."""
+    return {"name": d.key, "queue": d.queue_num, "netns": netns, "seed": seed,
+            "settings": emulator_config(d.shaping)}
+
+
+def delay_lines_argv(config: str, stats: str, periods: str) -> tuple[str, ...]:
+    """The one delay-line process serving every lane of a run (it runs in the root
+    namespace and binds each lane's queue inside that lane's namespace)."""
+    return (sys.executable, "-m", "testbed.linkemu", "--config", config, "--stats", stats,
+            "--periods", periods)
 
 
 def setup_cmds(d: Direction, backend: Backend) -> list[Cmd]:
@@ -204,7 +206,7 @@ def setup_cmds(d: Direction, backend: Backend) -> list[Cmd]:
 def change_cmds(d: Direction, new: Shaping, backend: Backend) -> list[Cmd]:
     """tc commands for a run-time change of `d` to shaping `new`.
 
-    Delay, jitter and loss changes on the userspace backend go to the delay line
+    Delay, jitter and loss changes on the userspace backend go to the delay-line
     process instead (see testbed.linkemu's control protocol).
     """
     nd = replace(d, shaping=new)

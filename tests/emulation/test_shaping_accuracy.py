@@ -71,5 +71,5 @@ def test_one_percent_loss_over_ten_thousand_packets(run_experiment) -> None:
     assert sent == n
     loss = (sent - got) / sent
     assert 0.007 <= loss <= 0.013, f"measured loss {loss:.4f}"
-    stats = man["delay_lines"]
+    stats = man["delay_lines"]["links"]
     assert sum(s["counters"]["dropped"] for s in stats.values()) == sent - got

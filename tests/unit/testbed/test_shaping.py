@@ -55,10 +55,12 @@ def test_userspace_backend_queues_at_a_host_end():
         "mb: iptables -w -t mangle -A PREROUTING -i mb-eth1 -j NFQUEUE --queue-num 2"]
     # No netem in the userspace backend; no rate means no HTB either.
     assert shaping.setup_cmds(fwd, "userspace") == []
-    argv = shaping.delay_line_argv(fwd, 7, "/tmp/s.json")
+    lane = shaping.lane_spec(fwd, 7, "/proc/1/ns/net")
+    assert (lane["name"], lane["queue"], lane["netns"]) == ("neck:mb>sw", 1, "/proc/1/ns/net")
+    assert lane["settings"]["delay_us"] == 20000
+    assert lane["settings"]["gso"] is False  # loss is set: per-packet granularity by default
+    argv = shaping.delay_lines_argv("/r/lanes.json", "/r/stats.json", "/r/periods.jsonl")
     assert argv[:3] == (sys.executable, "-m", "testbed.linkemu")
-    assert "--delay-us" in argv and argv[argv.index("--delay-us") + 1] == "20000"
-    assert "--no-gso" in argv  # loss is set: per-packet granularity by default
 
 
 def test_granularity_auto():

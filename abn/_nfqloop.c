@@ -1,0 +1,1011 @@
+/*
+ * abn._nfqloop: the compiled NFQUEUE hot path, shared by the delay line (testbed.linkemu)
+ * and, next, the ABN shim.
+ *
+ * One Loop serves many "lanes": a lane is one NFQUEUE (in any network namespace) with
+ * its own scheduling settings, counters and verdict buffer. The per-packet work never
+ * enters Python: receive (recvmmsg), decide (loss, delay, jitter; the Scheduler below),
+ * schedule (a FIFO for ordered traffic, a binary heap for reordering jitter), and verdict
+ * (batched: a run of FIFO packets is released with one NFQNL_MSG_VERDICT_BATCH, and all
+ * verdicts due in one round go to the kernel in a single sendto). Python calls
+ * Loop.run(seconds) and gets control back when the time is up or the control fd is
+ * readable: settings, the control channel, counters and their streaming stay in Python.
+ *
+ * Timing: every wait is epoll_pwait2 with a nanosecond timeout, started `lead` before
+ * the next release (lead = a running upper estimate of how late this process's timer
+ * wake-ups are, capped at MAX_LEAD_NS), then the last stretch is spun on the clock while still taking packets,
+ * so a packet leaves at its release time, not a wake-up latency after it. Arrival time
+ * is read right after each receive batch; packets that woke a sleeping loop arrived one
+ * wake-up latency (the same learned lead) before it ran, and are stamped so: without
+ * this, every pass through a delay line added ~0.1 ms here (8 passes: +0.8 ms).
+ *
+ * The Scheduler is pure (no I/O) and exposed to Python as abn._nfqloop.Scheduler, so the
+ * same policy tests run against it and against the Python reference in testbed.linkemu;
+ * both draw from the same SplitMix64 stream and so agree exactly.
+ *
+ * Rewrite hook (for the ABN shim): a lane may carry a rewrite_fn that sees each packet's
+ * bytes (the lane then copies packets, not metadata) and may change them in place; a
+ * changed packet's verdict carries the new payload.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_queue.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+
+#define NS_PER_S 1000000000LL
+#define MAX_LEAD_NS 250000LL       /* never wake more than 250 us early */
+#define LATE_NS 1000000LL          /* "late": released more than 1 ms after its time */
+#define QUEUE_MAXLEN 1000000u      /* kernel queue bound per lane (packets) */
+#define RCVBUF (64 * 1024 * 1024)
+#define RECV_BATCH 64
+#define META_BUFSZ 4096
+#define PKT_BUFSZ (65536 + 4096)
+#define VBUF_SZ (512 * 1024)
+#define MAX_DRAIN 2048             /* messages per lane per round, so releases stay on time */
+#define HELD_LIMIT 4000000u        /* scheduler entries per lane */
+#define HELD_BYTES_LIMIT (256u * 1024 * 1024) /* bytes of rewritten packets held per lane */
+#define NHIST 8
+
+static const int64_t hist_edges_ns[NHIST - 1] = {50000, 100000, 250000, 500000,
+                                                 1000000, 2000000, 5000000};
+
+static inline int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------- random numbers */
+
+static inline uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline double rng_uniform(uint64_t *s) { return (double)(splitmix64(s) >> 11) * 0x1.0p-53; }
+
+/* ---------------------------------------------------------------- the scheduler */
+
+typedef struct {
+    int64_t t;     /* release time, ns (CLOCK_MONOTONIC) */
+    uint64_t seq;  /* arrival order: breaks ties in the heap */
+    uint32_t pid;  /* kernel packet id */
+    uint32_t len;  /* length of pkt when the packet was rewritten */
+    uint8_t *pkt;  /* rewritten packet bytes, or NULL */
+} item_t;
+
+typedef struct {
+    uint64_t received, dropped, released, late_over_1ms, overflow, verdict_errors;
+    uint64_t rewritten, rewrite_skipped;
+    uint64_t max_held;
+    int64_t late_max_ns, period_late_max_ns, late_sum_ns;
+    uint64_t late_hist[NHIST];
+} counters_t;
+
+typedef struct {
+    int64_t delay_ns, jitter_ns;
+    double loss;
+    int reorder;
+    uint64_t rng;
+    item_t *fifo;
+    size_t fcap, fhead, flen;
+    item_t *heap;
+    size_t hcap, hlen;
+    int64_t last_release;
+    uint64_t seq;
+    uint64_t held_bytes;
+    counters_t c;
+} sched_t;
+
+static void sched_init(sched_t *s, uint64_t seed) {
+    memset(s, 0, sizeof(*s));
+    s->rng = seed;
+    s->reorder = 1;
+}
+
+static void sched_free(sched_t *s) {
+    for (size_t i = 0; i < s->flen; i++) free(s->fifo[(s->fhead + i) % s->fcap].pkt);
+    for (size_t i = 0; i < s->hlen; i++) free(s->heap[i].pkt);
+    free(s->fifo);
+    free(s->heap);
+    s->fifo = s->heap = NULL;
+    s->flen = s->hlen = s->fcap = s->hcap = 0;
+}
+
+static inline int sched_ordered(const sched_t *s) { return s->jitter_ns == 0 || !s->reorder; }
+static inline size_t sched_held(const sched_t *s) { return s->flen + s->hlen; }
+
+static inline int item_before(const item_t *a, const item_t *b) {
+    return a->t < b->t || (a->t == b->t && a->seq < b->seq);
+}
+
+static int heap_push(sched_t *s, item_t it) {
+    if (s->hlen == s->hcap) {
+        size_t ncap = s->hcap ? s->hcap * 2 : 1024;
+        item_t *n = realloc(s->heap, ncap * sizeof(item_t));
+        if (!n) return -1;
+        s->heap = n;
+        s->hcap = ncap;
+    }
+    size_t i = s->hlen++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!item_before(&it, &s->heap[p])) break;
+        s->heap[i] = s->heap[p];
+        i = p;
+    }
+    s->heap[i] = it;
+    return 0;
+}
+
+static item_t heap_pop(sched_t *s) {
+    item_t top = s->heap[0];
+    item_t last = s->heap[--s->hlen];
+    size_t i = 0, n = s->hlen;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        const item_t *best = &last;
+        if (l < n && item_before(&s->heap[l], best)) { m = l; best = &s->heap[l]; }
+        if (r < n && item_before(&s->heap[r], best)) { m = r; }
+        if (m == i) break;
+        s->heap[i] = s->heap[m];
+        i = m;
+    }
+    if (n) s->heap[i] = last;
+    return top;
+}
+
+static int fifo_push(sched_t *s, item_t it) {
+    if (s->flen == s->fcap) {
+        size_t ncap = s->fcap ? s->fcap * 2 : 1024;
+        item_t *n = malloc(ncap * sizeof(item_t));
+        if (!n) return -1;
+        for (size_t i = 0; i < s->flen; i++) n[i] = s->fifo[(s->fhead + i) % s->fcap];
+        free(s->fifo);
+        s->fifo = n;
+        s->fcap = ncap;
+        s->fhead = 0;
+    }
+    s->fifo[(s->fhead + s->flen) % s->fcap] = it;
+    s->flen++;
+    return 0;
+}
+
+/* Decide a packet's fate on arrival: 1 = held for release, 0 = drop it now,
+ * -1 = no room (counted as overflow; the caller drops it). */
+static int sched_admit(sched_t *s, uint32_t pid, int64_t now, uint8_t *pkt, uint32_t len) {
+    counters_t *c = &s->c;
+    c->received++;
+    if (s->loss > 0 && rng_uniform(&s->rng) < s->loss) {
+        c->dropped++;
+        return 0;
+    }
+    if (sched_held(s) >= HELD_LIMIT) {
+        c->overflow++;
+        return -1;
+    }
+    int64_t delay = s->delay_ns;
+    if (s->jitter_ns) {
+        double u = rng_uniform(&s->rng);
+        delay += (int64_t)floor((2.0 * u - 1.0) * (double)s->jitter_ns + 0.5);
+        if (delay < 0) delay = 0;
+    }
+    item_t it = {now + delay, s->seq++, pid, len, pkt};
+    int rc;
+    if (sched_ordered(s)) {
+        if (it.t < s->last_release) it.t = s->last_release;
+        /* switched from reordering: drain the heap first, in order */
+        rc = s->hlen ? heap_push(s, it) : fifo_push(s, it);
+    } else {
+        rc = heap_push(s, it);
+    }
+    if (rc < 0) {
+        c->overflow++;
+        return -1;
+    }
+    if (it.t > s->last_release) s->last_release = it.t;
+    if (pkt) s->held_bytes += len;
+    size_t held = sched_held(s);
+    if (held > c->max_held) c->max_held = held;
+    return 1;
+}
+
+static inline void note_late(counters_t *c, int64_t late) {
+    if (late < 0) late = 0;
+    c->late_sum_ns += late;
+    if (late > c->late_max_ns) c->late_max_ns = late;
+    if (late > c->period_late_max_ns) c->period_late_max_ns = late;
+    if (late > LATE_NS) c->late_over_1ms++;
+    int b = 0;
+    while (b < NHIST - 1 && late >= hist_edges_ns[b]) b++;
+    c->late_hist[b]++;
+}
+
+static int64_t sched_next(const sched_t *s) {
+    int64_t t = INT64_MAX;
+    if (s->flen) t = s->fifo[s->fhead].t;
+    if (s->hlen && s->heap[0].t < t) t = s->heap[0].t;
+    return t;
+}
+
+/* Emit what is due at `now`: a FIFO run through `batch` (called once with the highest id,
+ * or not at all), then single packets in release order. `late_now` is the time used to
+ * measure lateness (INT64_MAX: release everything, lateness not counted). */
+typedef struct {
+    void (*batch)(void *ctx, uint32_t last_pid, int n);
+    void (*single)(void *ctx, item_t *it);
+    void *ctx;
+} emit_t;
+
+static void sched_due(sched_t *s, int64_t now, const emit_t *e) {
+    counters_t *c = &s->c;
+    int measure = now != INT64_MAX;
+    if (s->flen && s->fifo[s->fhead].t <= now) {
+        uint32_t last = 0;
+        int n = 0;
+        while (s->flen && s->fifo[s->fhead].t <= now) {
+            item_t *it = &s->fifo[s->fhead];
+            if (measure) note_late(c, now - it->t);
+            if (it->pkt) {
+                /* a rewritten packet needs its own verdict: flush the run before it */
+                if (n) { e->batch(e->ctx, last, n); n = 0; }
+                e->single(e->ctx, it);
+                s->held_bytes -= it->len;
+                free(it->pkt);
+            } else {
+                last = it->pid;
+                n++;
+            }
+            s->fhead = (s->fhead + 1) % s->fcap;
+            s->flen--;
+            c->released++;
+        }
+        if (n) e->batch(e->ctx, last, n);
+    }
+    while (s->hlen && s->heap[0].t <= now) {
+        item_t it = heap_pop(s);
+        if (measure) note_late(c, now - it.t);
+        e->single(e->ctx, &it);
+        if (it.pkt) { s->held_bytes -= it.len; free(it.pkt); }
+        c->released++;
+    }
+}
+
+/* ---------------------------------------------------------------- lanes */
+
+typedef int (*rewrite_fn)(void *ctx, uint8_t *pkt, uint32_t len, uint32_t cap);
+/* Returns the new length if it changed the packet (<= cap), 0 if it left it alone. */
+
+typedef struct {
+    int index;
+    uint16_t queue_num;
+    int gso;
+    struct mnl_socket *nl;
+    int fd;
+    sched_t s;
+    char *vbuf;
+    size_t vlen;
+    uint32_t last_id;
+    int have_id;
+    rewrite_fn rewrite;
+    void *rewrite_ctx;
+    int closed;
+} lane_t;
+
+static int vflush(lane_t *l) {
+    if (!l->vlen) return 0;
+    ssize_t r = mnl_socket_sendto(l->nl, l->vbuf, l->vlen);
+    l->vlen = 0;
+    if (r < 0) { l->s.c.verdict_errors++; return -1; }
+    return 0;
+}
+
+static void vput(lane_t *l, int type, uint32_t pid, int verdict, const uint8_t *pkt, uint32_t len) {
+    size_t need = MNL_ALIGN(sizeof(struct nlmsghdr) + sizeof(struct nfgenmsg) + 64 + len);
+    if (l->vlen + need > VBUF_SZ) vflush(l);
+    struct nlmsghdr *nlh = nfq_nlmsg_put(l->vbuf + l->vlen, type, l->queue_num);
+    nfq_nlmsg_verdict_put(nlh, (int)pid, verdict);
+    if (pkt) nfq_nlmsg_verdict_put_pkt(nlh, pkt, len);
+    l->vlen += MNL_ALIGN(nlh->nlmsg_len);
+}
+
+static void emit_batch(void *ctx, uint32_t last, int n) {
+    (void)n;
+    vput((lane_t *)ctx, NFQNL_MSG_VERDICT_BATCH, last, NF_ACCEPT, NULL, 0);
+}
+
+static void emit_single(void *ctx, item_t *it) {
+    vput((lane_t *)ctx, NFQNL_MSG_VERDICT, it->pid, NF_ACCEPT, it->pkt, it->len);
+}
+
+static void lane_release(lane_t *l, int64_t now) {
+    emit_t e = {emit_batch, emit_single, l};
+    sched_due(&l->s, now, &e);
+}
+
+/* Send a config message and wait for the kernel's ack, so errors (queue taken, no
+ * permission) surface here with their errno. */
+static int nl_config(lane_t *l, struct nlmsghdr *nlh) {
+    static uint32_t seq = 1;
+    nlh->nlmsg_flags |= NLM_F_ACK;
+    nlh->nlmsg_seq = seq++;
+    if (mnl_socket_sendto(l->nl, nlh, nlh->nlmsg_len) < 0) return -1;
+    char buf[8192];
+    for (;;) {
+        ssize_t n = mnl_socket_recvfrom(l->nl, buf, sizeof(buf));
+        if (n < 0) return -1;
+        int r = mnl_cb_run(buf, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(l->nl), NULL, NULL);
+        if (r == MNL_CB_ERROR) return -1;
+        if (r == MNL_CB_STOP) return 0;
+        /* r == MNL_CB_OK and no error message yet: a packet message slipped in; keep reading */
+    }
+}
+
+static int lane_set_flags(lane_t *l, int gso) {
+    char buf[8192];
+    struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, l->queue_num);
+    uint32_t mask = NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN;
+    uint32_t flags = NFQA_CFG_F_FAIL_OPEN | (gso ? NFQA_CFG_F_GSO : 0);
+    mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
+    mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(mask));
+    if (nl_config(l, nlh) < 0) return -1;
+    l->gso = gso;
+    return 0;
+}
+
+static int lane_open(lane_t *l, int netns_fd, int copy_packet) {
+    int orig = -1, rc = -1, saved = 0, fl = 0;
+    char buf[8192];
+    struct nlmsghdr *nlh;
+    if (netns_fd >= 0) {
+        orig = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (orig < 0) return -1;
+        if (setns(netns_fd, CLONE_NEWNET) < 0) { saved = errno; close(orig); errno = saved; return -1; }
+    }
+    l->nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (netns_fd >= 0) {
+        saved = errno;
+        if (setns(orig, CLONE_NEWNET) < 0) abort(); /* cannot go on in the wrong namespace */
+        close(orig);
+        errno = saved;
+    }
+    if (!l->nl) return -1;
+    if (mnl_socket_bind(l->nl, 0, MNL_SOCKET_AUTOPID) < 0) goto out;
+    l->fd = mnl_socket_get_fd(l->nl);
+    /* config replies are read blocking; the packet path is non-blocking */
+    fl = fcntl(l->fd, F_GETFL);
+    fcntl(l->fd, F_SETFL, fl & ~O_NONBLOCK);
+    int one = 1, rcv = RCVBUF;
+    setsockopt(l->fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof(rcv));
+    /* Overflow is detected from gaps in packet ids (fail-open packets consume an id). */
+    mnl_socket_setsockopt(l->nl, NETLINK_NO_ENOBUFS, &one, sizeof(one));
+    nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, l->queue_num);
+    nfq_nlmsg_cfg_put_cmd(nlh, AF_INET, NFQNL_CFG_CMD_BIND);
+    if (nl_config(l, nlh) < 0) goto out;
+    nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, l->queue_num);
+    nfq_nlmsg_cfg_put_params(nlh, copy_packet ? NFQNL_COPY_PACKET : NFQNL_COPY_META,
+                             copy_packet ? 0xffff : 0);
+    if (nl_config(l, nlh) < 0) goto out;
+    nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, l->queue_num);
+    nfq_nlmsg_cfg_put_qmaxlen(nlh, QUEUE_MAXLEN);
+    if (nl_config(l, nlh) < 0) goto out;
+    if (lane_set_flags(l, l->gso) < 0) goto out;
+    fcntl(l->fd, F_SETFL, fl | O_NONBLOCK);
+    rc = 0;
+out:
+    if (rc < 0) {
+        saved = errno;
+        mnl_socket_close(l->nl);
+        l->nl = NULL;
+        errno = saved;
+    }
+    return rc;
+}
+
+static void lane_handle_packet(lane_t *l, const struct nlmsghdr *nlh, int64_t now) {
+    struct nlattr *attr[NFQA_MAX + 1] = {0};
+    if (nfq_nlmsg_parse(nlh, attr) < 0 || !attr[NFQA_PACKET_HDR]) return;
+    const struct nfqnl_msg_packet_hdr *ph = mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
+    uint32_t pid = ntohl(ph->packet_id);
+    if (l->have_id) {
+        uint32_t gap = pid - l->last_id - 1; /* ids the kernel used but never delivered */
+        if (gap && gap < 0x80000000u) l->s.c.overflow += gap;
+    }
+    l->last_id = pid;
+    l->have_id = 1;
+    uint8_t *copy = NULL;
+    uint32_t clen = 0;
+    if (l->rewrite && attr[NFQA_PAYLOAD]) {
+        uint8_t *data = mnl_attr_get_payload(attr[NFQA_PAYLOAD]);
+        uint32_t len = mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]);
+        uint32_t cap = len + 64;
+        if (l->s.held_bytes + cap <= HELD_BYTES_LIMIT && (copy = malloc(cap))) {
+            memcpy(copy, data, len);
+            uint32_t nlen = (uint32_t)l->rewrite(l->rewrite_ctx, copy, len, cap);
+            if (nlen) { clen = nlen; l->s.c.rewritten++; }
+            else { free(copy); copy = NULL; }
+        } else {
+            l->s.c.rewrite_skipped++;
+        }
+    }
+    int r = sched_admit(&l->s, pid, now, copy, clen);
+    if (r <= 0) {
+        free(copy);
+        vput(l, NFQNL_MSG_VERDICT, pid, NF_DROP, NULL, 0);
+    }
+}
+
+/* ---------------------------------------------------------------- the loop */
+
+typedef struct {
+    PyObject_HEAD
+    lane_t **lanes;
+    int nlanes, cap;
+    int epfd;
+    int ctl_fd;
+    int64_t lead_ns;
+    int64_t wake_arrival_ns; /* estimated arrival of the packets that woke the loop, or 0 */
+    uint64_t wakeups;
+    struct mmsghdr msgs[RECV_BATCH];
+    struct iovec iov[RECV_BATCH];
+    char *rbuf;
+    size_t rbufsz;
+} LoopObject;
+
+static void loop_drain(LoopObject *self, lane_t *l) {
+    int total = 0;
+    while (total < MAX_DRAIN) {
+        int n = recvmmsg(l->fd, self->msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) break;
+        int64_t now = mono_ns();
+        if (self->wake_arrival_ns) {
+            /* these packets woke a sleeping loop: they arrived a wake-up latency ago */
+            now = self->wake_arrival_ns;
+            self->wake_arrival_ns = 0;
+        }
+        for (int i = 0; i < n; i++) {
+            size_t len = self->msgs[i].msg_len;
+            const struct nlmsghdr *nlh = (const struct nlmsghdr *)self->iov[i].iov_base;
+            int rem = (int)len;
+            while (mnl_nlmsg_ok(nlh, rem)) {
+                if (nlh->nlmsg_type == NLMSG_ERROR) {
+                    const struct nlmsgerr *err = mnl_nlmsg_get_payload(nlh);
+                    if (err->error) l->s.c.verdict_errors++;
+                } else if ((nlh->nlmsg_type & 0xff) == NFQNL_MSG_PACKET) {
+                    lane_handle_packet(l, nlh, now);
+                }
+                nlh = mnl_nlmsg_next(nlh, &rem);
+            }
+        }
+        total += n;
+        if (n < RECV_BATCH) break;
+    }
+}
+
+static int64_t loop_next(LoopObject *self) {
+    int64_t t = INT64_MAX;
+    for (int i = 0; i < self->nlanes; i++) {
+        lane_t *l = self->lanes[i];
+        if (l->closed) continue;
+        int64_t n = sched_next(&l->s);
+        if (n < t) t = n;
+    }
+    return t;
+}
+
+static void loop_release(LoopObject *self, int64_t now) {
+    for (int i = 0; i < self->nlanes; i++) {
+        lane_t *l = self->lanes[i];
+        if (l->closed) continue;
+        lane_release(l, now);
+        vflush(l);
+    }
+}
+
+/* Wait up to `timeout_ns` for packets or the control fd; 1 if control is readable.
+ * *nev is the number of ready fds (0: the timeout expired). */
+static int loop_poll(LoopObject *self, int64_t timeout_ns, int *nev) {
+    struct epoll_event ev[64];
+    struct timespec ts = {timeout_ns / NS_PER_S, timeout_ns % NS_PER_S};
+    int64_t before = timeout_ns > 0 ? mono_ns() : 0;
+    int n = epoll_pwait2(self->epfd, ev, 64, &ts, NULL);
+    int ctl = 0;
+    if (n > 0 && before) {
+        int64_t woke = mono_ns(), est = woke - self->lead_ns;
+        self->wake_arrival_ns = est > before ? est : before;
+    }
+    for (int i = 0; i < n; i++) {
+        uint32_t idx = ev[i].data.u32;
+        if (idx >= (uint32_t)self->nlanes) { ctl = 1; continue; }
+        loop_drain(self, self->lanes[idx]);
+    }
+    self->wake_arrival_ns = 0;
+    if (nev) *nev = n;
+    return ctl;
+}
+
+/* Run until `until_ns` (monotonic) or until the control fd becomes readable. */
+static int loop_run_c(LoopObject *self, int64_t until_ns) {
+    for (;;) {
+        int64_t now = mono_ns();
+        loop_release(self, now);
+        if (now >= until_ns) return 0;
+        int64_t next = loop_next(self);
+        int timed = next != INT64_MAX && next - self->lead_ns < until_ns;
+        int64_t target = timed ? next - self->lead_ns : until_ns;
+        int ctl, nev = 1;
+        if (target > now) {
+            ctl = loop_poll(self, target - now, &nev);
+            if (timed && nev == 0) {
+                /* a timer wake-up: learn how late they run (EWMA, capped) */
+                int64_t w = mono_ns() - target;
+                /* rises fast, falls slowly: tracks the upper part of the distribution
+                 * (about its 90th percentile), since a late release cannot be undone */
+                if (w > self->lead_ns) self->lead_ns += (w - self->lead_ns) / 4;
+                else self->lead_ns -= (self->lead_ns - w) / 32;
+                if (self->lead_ns > MAX_LEAD_NS) self->lead_ns = MAX_LEAD_NS;
+                if (self->lead_ns < 0) self->lead_ns = 0;
+                self->wakeups++;
+            }
+            /* spin the last stretch on the clock, still taking packets */
+            while (!ctl && timed && (now = mono_ns()) < next && next - now <= 2 * MAX_LEAD_NS)
+                ctl = loop_poll(self, 0, NULL);
+        } else {
+            ctl = loop_poll(self, 0, NULL);
+        }
+        if (ctl) {
+            loop_release(self, mono_ns());
+            return 1;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- Python: Loop */
+
+static PyObject *NfqError;
+
+static int Loop_init(LoopObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"control_fd", NULL};
+    int ctl = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|i", kwlist, &ctl)) return -1;
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epfd < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
+    self->ctl_fd = ctl;
+    if (ctl >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 0xffffffffu};
+        if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, ctl, &ev) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+    self->rbufsz = META_BUFSZ;
+    self->rbuf = malloc(RECV_BATCH * self->rbufsz);
+    if (!self->rbuf) { PyErr_NoMemory(); return -1; }
+    for (int i = 0; i < RECV_BATCH; i++) {
+        self->iov[i].iov_base = self->rbuf + i * self->rbufsz;
+        self->iov[i].iov_len = self->rbufsz;
+        memset(&self->msgs[i], 0, sizeof(self->msgs[i]));
+        self->msgs[i].msg_hdr.msg_iov = &self->iov[i];
+        self->msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    return 0;
+}
+
+static void lane_close(lane_t *l) {
+    if (l->closed) return;
+    lane_release(l, INT64_MAX);
+    vflush(l);
+    if (l->nl) {
+        char buf[8192];
+        struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, l->queue_num);
+        nfq_nlmsg_cfg_put_cmd(nlh, AF_INET, NFQNL_CFG_CMD_UNBIND);
+        mnl_socket_sendto(l->nl, nlh, nlh->nlmsg_len);
+        mnl_socket_close(l->nl);
+        l->nl = NULL;
+    }
+    sched_free(&l->s);
+    free(l->vbuf);
+    l->vbuf = NULL;
+    l->closed = 1;
+}
+
+static void Loop_dealloc(LoopObject *self) {
+    for (int i = 0; i < self->nlanes; i++) {
+        lane_close(self->lanes[i]);
+        free(self->lanes[i]);
+    }
+    free(self->lanes);
+    if (self->epfd > 0) close(self->epfd);
+    free(self->rbuf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int grow_rbuf(LoopObject *self, size_t sz) {
+    if (sz <= self->rbufsz) return 0;
+    char *n = malloc(RECV_BATCH * sz);
+    if (!n) return -1;
+    free(self->rbuf);
+    self->rbuf = n;
+    self->rbufsz = sz;
+    for (int i = 0; i < RECV_BATCH; i++) {
+        self->iov[i].iov_base = n + i * sz;
+        self->iov[i].iov_len = sz;
+    }
+    return 0;
+}
+
+static int parse_settings(sched_t *s, PyObject *kw, int *gso) {
+    if (!kw) return 0;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(kw, &pos, &key, &value)) {
+        const char *k = PyUnicode_AsUTF8(key);
+        if (!k) return -1;
+        if (!strcmp(k, "delay_us") || !strcmp(k, "jitter_us")) {
+            long long v = PyLong_AsLongLong(value);
+            if (v == -1 && PyErr_Occurred()) return -1;
+            if (v < 0) { PyErr_Format(PyExc_ValueError, "%s must be >= 0", k); return -1; }
+        } else if (!strcmp(k, "loss")) {
+            double v = PyFloat_AsDouble(value);
+            if (v == -1.0 && PyErr_Occurred()) return -1;
+            if (!(v >= 0.0 && v <= 1.0)) { PyErr_SetString(PyExc_ValueError, "loss must be in [0, 1]"); return -1; }
+        } else if (strcmp(k, "reorder") && strcmp(k, "gso")) {
+            PyErr_Format(PyExc_ValueError, "unknown setting %R", key);
+            return -1;
+        }
+    }
+    /* all valid: apply */
+    pos = 0;
+    while (PyDict_Next(kw, &pos, &key, &value)) {
+        const char *k = PyUnicode_AsUTF8(key);
+        if (!strcmp(k, "delay_us")) s->delay_ns = PyLong_AsLongLong(value) * 1000;
+        else if (!strcmp(k, "jitter_us")) s->jitter_ns = PyLong_AsLongLong(value) * 1000;
+        else if (!strcmp(k, "loss")) s->loss = PyFloat_AsDouble(value);
+        else if (!strcmp(k, "reorder")) s->reorder = PyObject_IsTrue(value);
+        else if (!strcmp(k, "gso") && gso) *gso = PyObject_IsTrue(value);
+    }
+    return 0;
+}
+
+static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"queue_num", "netns_fd", "seed", "copy_packet", NULL};
+    int queue_num, netns_fd = -1, copy_packet = 0;
+    unsigned long long seed = 1;
+    PyObject *settings = NULL;
+    if (!PyArg_ParseTuple(args, "i|O!", &queue_num, &PyDict_Type, &settings)) return NULL;
+    (void)kwlist;
+    if (kw) {
+        PyObject *v;
+        if ((v = PyDict_GetItemString(kw, "netns_fd"))) netns_fd = (int)PyLong_AsLong(v);
+        if ((v = PyDict_GetItemString(kw, "seed"))) seed = PyLong_AsUnsignedLongLongMask(v);
+        if ((v = PyDict_GetItemString(kw, "copy_packet"))) copy_packet = PyObject_IsTrue(v);
+        if (PyErr_Occurred()) return NULL;
+    }
+    if (queue_num < 0 || queue_num > 65535) {
+        PyErr_SetString(PyExc_ValueError, "queue_num must be 0..65535");
+        return NULL;
+    }
+    lane_t *l = calloc(1, sizeof(lane_t));
+    if (!l) return PyErr_NoMemory();
+    sched_init(&l->s, seed);
+    l->queue_num = (uint16_t)queue_num;
+    l->gso = 1;
+    if (parse_settings(&l->s, settings, &l->gso) < 0) { free(l); return NULL; }
+    l->vbuf = malloc(VBUF_SZ);
+    if (!l->vbuf) { free(l); return PyErr_NoMemory(); }
+    if (copy_packet && grow_rbuf(self, PKT_BUFSZ) < 0) { free(l->vbuf); free(l); return PyErr_NoMemory(); }
+    if (lane_open(l, netns_fd, copy_packet) < 0) {
+        int e = errno;
+        free(l->vbuf);
+        free(l);
+        PyErr_Format(NfqError, "cannot bind NFQUEUE %d: %s%s", queue_num, strerror(e),
+                     e == EBUSY ? " (another process holds this queue)" :
+                     e == EPERM ? " (needs root / CAP_NET_ADMIN)" : "");
+        return NULL;
+    }
+    if (self->nlanes == self->cap) {
+        int ncap = self->cap ? self->cap * 2 : 8;
+        lane_t **n = realloc(self->lanes, ncap * sizeof(lane_t *));
+        if (!n) { lane_close(l); free(l); return PyErr_NoMemory(); }
+        self->lanes = n;
+        self->cap = ncap;
+    }
+    l->index = self->nlanes;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)l->index};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, l->fd, &ev) < 0) {
+        lane_close(l);
+        free(l);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->lanes[self->nlanes++] = l;
+    return PyLong_FromLong(l->index);
+}
+
+static lane_t *get_lane(LoopObject *self, int i) {
+    if (i < 0 || i >= self->nlanes || self->lanes[i]->closed) {
+        PyErr_Format(PyExc_IndexError, "no open lane %d", i);
+        return NULL;
+    }
+    return self->lanes[i];
+}
+
+static PyObject *Loop_configure(LoopObject *self, PyObject *args, PyObject *kw) {
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
+    lane_t *l = get_lane(self, i);
+    if (!l) return NULL;
+    int gso = l->gso;
+    if (parse_settings(&l->s, kw, &gso) < 0) return NULL;
+    if (gso != l->gso) {
+        int fl = fcntl(l->fd, F_GETFL);
+        fcntl(l->fd, F_SETFL, fl & ~O_NONBLOCK);
+        int rc = lane_set_flags(l, gso);
+        fcntl(l->fd, F_SETFL, fl);
+        if (rc < 0) return PyErr_Format(NfqError, "cannot change GSO flag: %s", strerror(errno));
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *counters_dict(const sched_t *s, int gso) {
+    const counters_t *c = &s->c;
+    PyObject *hist = PyList_New(NHIST);
+    if (!hist) return NULL;
+    for (int b = 0; b < NHIST; b++) PyList_SET_ITEM(hist, b, PyLong_FromUnsignedLongLong(c->late_hist[b]));
+    return Py_BuildValue(
+        "{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n,s:L,s:L,s:L,s:N,s:L,s:L,s:d,s:O,s:O}",
+        "received", c->received, "dropped", c->dropped, "released", c->released,
+        "late_over_1ms", c->late_over_1ms, "overflow", c->overflow,
+        "verdict_errors", c->verdict_errors, "rewritten", c->rewritten,
+        "rewrite_skipped", c->rewrite_skipped, "max_held", c->max_held,
+        "held", (Py_ssize_t)sched_held(s), "late_max_us", c->late_max_ns / 1000,
+        "late_sum_us", c->late_sum_ns / 1000,
+        "period_late_max_us", c->period_late_max_ns / 1000, "late_hist", hist,
+        "delay_us", s->delay_ns / 1000, "jitter_us", s->jitter_ns / 1000, "loss", s->loss,
+        "reorder", s->reorder ? Py_True : Py_False, "gso", gso ? Py_True : Py_False);
+}
+
+static PyObject *Loop_stats(LoopObject *self, PyObject *args) {
+    int i, reset = 0;
+    if (!PyArg_ParseTuple(args, "i|p", &i, &reset)) return NULL;
+    if (i < 0 || i >= self->nlanes) return PyErr_Format(PyExc_IndexError, "no lane %d", i);
+    lane_t *l = self->lanes[i];
+    PyObject *d = counters_dict(&l->s, l->gso);
+    if (reset) l->s.c.period_late_max_ns = 0;
+    return d;
+}
+
+static PyObject *Loop_run(LoopObject *self, PyObject *args) {
+    double seconds;
+    if (!PyArg_ParseTuple(args, "d", &seconds)) return NULL;
+    int64_t until = mono_ns() + (int64_t)(seconds * 1e9);
+    int ctl;
+    Py_BEGIN_ALLOW_THREADS
+    ctl = loop_run_c(self, until);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(ctl);
+}
+
+static PyObject *Loop_close_lane(LoopObject *self, PyObject *args) {
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
+    lane_t *l = get_lane(self, i);
+    if (!l) return NULL;
+    epoll_ctl(self->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+    lane_close(l);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loop_close(LoopObject *self, PyObject *noargs) {
+    (void)noargs;
+    for (int i = 0; i < self->nlanes; i++) {
+        lane_t *l = self->lanes[i];
+        if (!l->closed) {
+            epoll_ctl(self->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+            lane_close(l);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loop_timing(LoopObject *self, PyObject *noargs) {
+    (void)noargs;
+    return Py_BuildValue("{s:L,s:K}", "wake_lead_us", self->lead_ns / 1000, "timer_wakeups",
+                         self->wakeups);
+}
+
+static PyObject *Loop_lanes(LoopObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(self->nlanes);
+}
+
+static PyMethodDef Loop_methods[] = {
+    {"add_lane", (PyCFunction)(void (*)(void))Loop_add_lane, METH_VARARGS | METH_KEYWORDS,
+     "add_lane(queue_num, settings={}, *, netns_fd=-1, seed=1, copy_packet=False) -> lane index.\n"
+     "Binds NFQUEUE queue_num in the network namespace of netns_fd (an open /proc/PID/ns/net)."},
+    {"configure", (PyCFunction)(void (*)(void))Loop_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(lane, **settings): delay_us, jitter_us, loss, reorder, gso; all or nothing."},
+    {"stats", (PyCFunction)Loop_stats, METH_VARARGS,
+     "stats(lane, reset_period=False) -> counters (cumulative; period_late_max_us resets)."},
+    {"run", (PyCFunction)Loop_run, METH_VARARGS,
+     "run(seconds) -> True if it returned early because the control fd is readable."},
+    {"close_lane", (PyCFunction)Loop_close_lane, METH_VARARGS,
+     "close_lane(lane): release every held packet, unbind the queue."},
+    {"close", (PyCFunction)Loop_close, METH_NOARGS, "close(): close_lane for every lane."},
+    {"timing", (PyCFunction)Loop_timing, METH_NOARGS, "timer wake-up lead and count."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Loop_getset[] = {
+    {"lanes", (getter)Loop_lanes, NULL, "number of lanes added", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LoopType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "abn._nfqloop.Loop",
+    .tp_basicsize = sizeof(LoopObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Many NFQUEUE lanes served by one compiled loop (see the module docstring).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Loop_init,
+    .tp_dealloc = (destructor)Loop_dealloc,
+    .tp_methods = Loop_methods,
+    .tp_getset = Loop_getset,
+};
+
+/* ---------------------------------------------------------------- Python: Scheduler */
+
+typedef struct {
+    PyObject_HEAD
+    sched_t s;
+    PyObject *singles; /* scratch list while emitting */
+    PyObject *batch;
+} SchedObject;
+
+static int Sched_init(SchedObject *self, PyObject *args, PyObject *kw) {
+    unsigned long long seed = 1;
+    if (!PyArg_ParseTuple(args, "|K", &seed)) return -1;
+    sched_free(&self->s);
+    sched_init(&self->s, seed);
+    return parse_settings(&self->s, kw, NULL);
+}
+
+static void Sched_dealloc(SchedObject *self) {
+    sched_free(&self->s);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Sched_configure(SchedObject *self, PyObject *args, PyObject *kw) {
+    (void)args;
+    if (parse_settings(&self->s, kw, NULL) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sched_admit(SchedObject *self, PyObject *args) {
+    unsigned int pid;
+    long long now;
+    if (!PyArg_ParseTuple(args, "IL", &pid, &now)) return NULL;
+    int r = sched_admit(&self->s, pid, now, NULL, 0);
+    return PyBool_FromLong(r > 0);
+}
+
+static void py_batch(void *ctx, uint32_t last, int n) {
+    (void)n;
+    SchedObject *self = ctx;
+    Py_XDECREF(self->batch);
+    self->batch = PyLong_FromUnsignedLong(last);
+}
+
+static void py_single(void *ctx, item_t *it) {
+    SchedObject *self = ctx;
+    PyObject *v = PyLong_FromUnsignedLong(it->pid);
+    if (v) { PyList_Append(self->singles, v); Py_DECREF(v); }
+}
+
+static PyObject *Sched_due(SchedObject *self, PyObject *args) {
+    long long now;
+    if (!PyArg_ParseTuple(args, "L", &now)) return NULL;
+    self->singles = PyList_New(0);
+    if (!self->singles) return NULL;
+    self->batch = NULL;
+    emit_t e = {py_batch, py_single, self};
+    sched_due(&self->s, now, &e);
+    PyObject *batch = self->batch ? self->batch : (Py_INCREF(Py_None), Py_None);
+    PyObject *out = Py_BuildValue("(NN)", batch, self->singles);
+    self->singles = self->batch = NULL;
+    return out;
+}
+
+static PyObject *Sched_next_release(SchedObject *self, PyObject *noargs) {
+    (void)noargs;
+    int64_t t = sched_next(&self->s);
+    if (t == INT64_MAX) Py_RETURN_NONE;
+    return PyLong_FromLongLong(t);
+}
+
+static PyObject *Sched_counters(SchedObject *self, PyObject *noargs) {
+    (void)noargs;
+    return counters_dict(&self->s, 0);
+}
+
+static PyMethodDef Sched_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))Sched_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(**settings)"},
+    {"admit", (PyCFunction)Sched_admit, METH_VARARGS, "admit(pid, now_ns) -> False to drop"},
+    {"due", (PyCFunction)Sched_due, METH_VARARGS,
+     "due(now_ns) -> (highest id of a FIFO run released by one batch verdict or None, singles)"},
+    {"next_release", (PyCFunction)Sched_next_release, METH_NOARGS, "next release time, ns"},
+    {"counters", (PyCFunction)Sched_counters, METH_NOARGS, "counters"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SchedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "abn._nfqloop.Scheduler",
+    .tp_basicsize = sizeof(SchedObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The compiled loop's scheduling policy, without a kernel (for tests).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Sched_init,
+    .tp_dealloc = (destructor)Sched_dealloc,
+    .tp_methods = Sched_methods,
+};
+
+static PyObject *mod_uniforms(PyObject *m, PyObject *args) {
+    (void)m;
+    unsigned long long seed;
+    int n;
+    if (!PyArg_ParseTuple(args, "Ki", &seed, &n)) return NULL;
+    PyObject *out = PyList_New(n);
+    uint64_t s = seed;
+    for (int i = 0; i < n; i++) PyList_SET_ITEM(out, i, PyFloat_FromDouble(rng_uniform(&s)));
+    return out;
+}
+
+static PyMethodDef mod_methods[] = {
+    {"uniforms", mod_uniforms, METH_VARARGS, "uniforms(seed, n): the first n draws (tests)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {
+    PyModuleDef_HEAD_INIT, "abn._nfqloop",
+    "Compiled NFQUEUE loop: many lanes, per-lane delay/jitter/loss, batched verdicts.",
+    -1, mod_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__nfqloop(void) {
+    if (PyType_Ready(&LoopType) < 0 || PyType_Ready(&SchedType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m) return NULL;
+    NfqError = PyErr_NewException("abn._nfqloop.NfqError", PyExc_OSError, NULL);
+    Py_INCREF(&LoopType);
+    Py_INCREF(&SchedType);
+    PyModule_AddObject(m, "Loop", (PyObject *)&LoopType);
+    PyModule_AddObject(m, "Scheduler", (PyObject *)&SchedType);
+    PyModule_AddObject(m, "NfqError", NfqError);
+    PyModule_AddIntConstant(m, "LATE_US", LATE_NS / 1000);
+    PyModule_AddIntConstant(m, "MAX_LEAD_US", MAX_LEAD_NS / 1000);
+    PyObject *edges = PyList_New(NHIST - 1);
+    for (int i = 0; i < NHIST - 1; i++) PyList_SET_ITEM(edges, i, PyLong_FromLongLong(hist_edges_ns[i] / 1000));
+    PyModule_AddObject(m, "LATE_HIST_EDGES_US", edges);
+    return m;
+}
