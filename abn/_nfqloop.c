@@ -7,9 +7,13 @@
  * enters Python: receive (recvmmsg), decide (loss, delay, jitter; the Scheduler below),
  * schedule (a FIFO for ordered traffic, a binary heap for reordering jitter), and verdict
  * (batched: a run of FIFO packets is released with one NFQNL_MSG_VERDICT_BATCH, and all
- * verdicts due in one round go to the kernel in a single sendto). Python calls
- * Loop.run(seconds) and gets control back when the time is up or the control fd is
- * readable: settings, the control channel, counters and their streaming stay in Python.
+ * verdicts due in one round go to the kernel in a single sendto). Loop.start() runs it
+ * in its own (SCHED_FIFO) thread, so Python's own work (the control channel, counters
+ * streamed to disk) never delays a release. The loop thread owns the lanes: Python reads
+ * counters without a lock (single-writer 64-bit words) and hands settings changes over
+ * through a per-lane mailbox that the loop applies between rounds; no lock is shared, so
+ * a descheduled Python thread can never stall a release (a mutex did, by up to 2 ms).
+ * Loop.run(seconds) runs the loop in the calling thread instead (tests).
  *
  * Timing: every wait is epoll_pwait2 with a nanosecond timeout, started `lead` before
  * the next release (lead = a running upper estimate of how late this process's timer
@@ -34,7 +38,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +68,8 @@
 #define HELD_LIMIT 4000000u        /* scheduler entries per lane */
 #define HELD_BYTES_LIMIT (256u * 1024 * 1024) /* bytes of rewritten packets held per lane */
 #define NHIST 8
+#define WAKE_TAG 0xfffffffeu
+#define CTL_TAG 0xffffffffu
 
 static const int64_t hist_edges_ns[NHIST - 1] = {50000, 100000, 250000, 500000,
                                                  1000000, 2000000, 5000000};
@@ -309,6 +317,11 @@ typedef struct {
     rewrite_fn rewrite;
     void *rewrite_ctx;
     int closed;
+    /* settings change from Python, applied by the loop thread (which owns the lane) */
+    volatile int pending;
+    int64_t p_delay_ns, p_jitter_ns;
+    double p_loss;
+    int p_reorder, p_gso, p_rc, p_errno;
 } lane_t;
 
 static int vflush(lane_t *l) {
@@ -344,6 +357,14 @@ static void lane_release(lane_t *l, int64_t now) {
 
 /* Send a config message and wait for the kernel's ack, so errors (queue taken, no
  * permission) surface here with their errno. */
+static void lane_handle_packet(lane_t *l, const struct nlmsghdr *nlh, int64_t now);
+
+static int config_data_cb(const struct nlmsghdr *nlh, void *data) {
+    /* a packet that arrived while we wait for a config ack: schedule it as usual */
+    if ((nlh->nlmsg_type & 0xff) == NFQNL_MSG_PACKET) lane_handle_packet(data, nlh, mono_ns());
+    return MNL_CB_OK;
+}
+
 static int nl_config(lane_t *l, struct nlmsghdr *nlh) {
     static uint32_t seq = 1;
     nlh->nlmsg_flags |= NLM_F_ACK;
@@ -353,10 +374,11 @@ static int nl_config(lane_t *l, struct nlmsghdr *nlh) {
     for (;;) {
         ssize_t n = mnl_socket_recvfrom(l->nl, buf, sizeof(buf));
         if (n < 0) return -1;
-        int r = mnl_cb_run(buf, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(l->nl), NULL, NULL);
+        int r = mnl_cb_run(buf, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(l->nl),
+                           config_data_cb, l);
         if (r == MNL_CB_ERROR) return -1;
         if (r == MNL_CB_STOP) return 0;
-        /* r == MNL_CB_OK and no error message yet: a packet message slipped in; keep reading */
+        /* MNL_CB_OK: only packet messages so far; keep reading for the ack */
     }
 }
 
@@ -462,6 +484,11 @@ typedef struct {
     int nlanes, cap;
     int epfd;
     int ctl_fd;
+    int wake_fd;              /* eventfd: stop() wakes the loop thread through it */
+    volatile int stop;
+    pthread_t thread;
+    int thread_running;
+    int rt_priority, rt_ok;
     int64_t lead_ns;
     int64_t wake_arrival_ns; /* estimated arrival of the packets that woke the loop, or 0 */
     uint64_t wakeups;
@@ -521,6 +548,31 @@ static void loop_release(LoopObject *self, int64_t now) {
     }
 }
 
+static void lane_apply(lane_t *l) {
+    l->s.delay_ns = l->p_delay_ns;
+    l->s.jitter_ns = l->p_jitter_ns;
+    l->s.loss = l->p_loss;
+    l->s.reorder = l->p_reorder;
+    l->p_rc = 0;
+    if (l->p_gso != l->gso) {
+        int fl = fcntl(l->fd, F_GETFL);
+        fcntl(l->fd, F_SETFL, fl & ~O_NONBLOCK);
+        l->p_rc = lane_set_flags(l, l->p_gso);
+        l->p_errno = errno;
+        fcntl(l->fd, F_SETFL, fl);
+    }
+}
+
+static void loop_apply_pending(LoopObject *self) {
+    for (int i = 0; i < self->nlanes; i++) {
+        lane_t *l = self->lanes[i];
+        if (__atomic_load_n(&l->pending, __ATOMIC_ACQUIRE)) {
+            lane_apply(l);
+            __atomic_store_n(&l->pending, 0, __ATOMIC_RELEASE);
+        }
+    }
+}
+
 /* Wait up to `timeout_ns` for packets or the control fd; 1 if control is readable.
  * *nev is the number of ready fds (0: the timeout expired). */
 static int loop_poll(LoopObject *self, int64_t timeout_ns, int *nev) {
@@ -535,17 +587,25 @@ static int loop_poll(LoopObject *self, int64_t timeout_ns, int *nev) {
     }
     for (int i = 0; i < n; i++) {
         uint32_t idx = ev[i].data.u32;
+        if (idx == WAKE_TAG) {
+            uint64_t v;
+            if (read(self->wake_fd, &v, sizeof(v)) < 0) { /* nothing to do */ }
+            ctl = 1;
+            continue;
+        }
         if (idx >= (uint32_t)self->nlanes) { ctl = 1; continue; }
         loop_drain(self, self->lanes[idx]);
     }
     self->wake_arrival_ns = 0;
     if (nev) *nev = n;
-    return ctl;
+    return ctl || self->stop;
 }
 
-/* Run until `until_ns` (monotonic) or until the control fd becomes readable. */
+/* Run until `until_ns` (monotonic), until the control fd becomes readable, or until
+ * stop is set. Called with self->mu held. */
 static int loop_run_c(LoopObject *self, int64_t until_ns) {
     for (;;) {
+        loop_apply_pending(self);
         int64_t now = mono_ns();
         loop_release(self, now);
         if (now >= until_ns) return 0;
@@ -590,8 +650,15 @@ static int Loop_init(LoopObject *self, PyObject *args, PyObject *kw) {
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (self->epfd < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
     self->ctl_fd = ctl;
+    self->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (self->wake_fd < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
+    struct epoll_event wev = {.events = EPOLLIN, .data.u32 = WAKE_TAG};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->wake_fd, &wev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     if (ctl >= 0) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 0xffffffffu};
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = CTL_TAG};
         if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, ctl, &ev) < 0) {
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
@@ -628,13 +695,17 @@ static void lane_close(lane_t *l) {
     l->closed = 1;
 }
 
+static void loop_stop_thread(LoopObject *self);
+
 static void Loop_dealloc(LoopObject *self) {
+    loop_stop_thread(self);
     for (int i = 0; i < self->nlanes; i++) {
         lane_close(self->lanes[i]);
         free(self->lanes[i]);
     }
     free(self->lanes);
     if (self->epfd > 0) close(self->epfd);
+    if (self->wake_fd > 0) close(self->wake_fd);
     free(self->rbuf);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -700,6 +771,10 @@ static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
         if ((v = PyDict_GetItemString(kw, "copy_packet"))) copy_packet = PyObject_IsTrue(v);
         if (PyErr_Occurred()) return NULL;
     }
+    if (self->thread_running) {
+        PyErr_SetString(PyExc_RuntimeError, "add lanes before start()");
+        return NULL;
+    }
     if (queue_num < 0 || queue_num > 65535) {
         PyErr_SetString(PyExc_ValueError, "queue_num must be 0..65535");
         return NULL;
@@ -730,13 +805,16 @@ static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
         self->cap = ncap;
     }
     l->index = self->nlanes;
+    self->lanes[self->nlanes] = l;
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)l->index};
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, l->fd, &ev) < 0) {
+        int e = errno;
         lane_close(l);
         free(l);
+        errno = e;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    self->lanes[self->nlanes++] = l;
+    self->nlanes++;
     return PyLong_FromLong(l->index);
 }
 
@@ -753,15 +831,33 @@ static PyObject *Loop_configure(LoopObject *self, PyObject *args, PyObject *kw) 
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
     lane_t *l = get_lane(self, i);
     if (!l) return NULL;
+    sched_t want;
+    want.delay_ns = l->s.delay_ns;
+    want.jitter_ns = l->s.jitter_ns;
+    want.loss = l->s.loss;
+    want.reorder = l->s.reorder;
     int gso = l->gso;
-    if (parse_settings(&l->s, kw, &gso) < 0) return NULL;
-    if (gso != l->gso) {
-        int fl = fcntl(l->fd, F_GETFL);
-        fcntl(l->fd, F_SETFL, fl & ~O_NONBLOCK);
-        int rc = lane_set_flags(l, gso);
-        fcntl(l->fd, F_SETFL, fl);
-        if (rc < 0) return PyErr_Format(NfqError, "cannot change GSO flag: %s", strerror(errno));
+    if (parse_settings(&want, kw, &gso) < 0) return NULL;
+    l->p_delay_ns = want.delay_ns;
+    l->p_jitter_ns = want.jitter_ns;
+    l->p_loss = want.loss;
+    l->p_reorder = want.reorder;
+    l->p_gso = gso;
+    if (!self->thread_running) {
+        lane_apply(l);
+    } else {
+        /* hand it to the loop thread and wait until it has been applied */
+        __atomic_store_n(&l->pending, 1, __ATOMIC_RELEASE);
+        uint64_t one = 1;
+        if (write(self->wake_fd, &one, sizeof(one)) < 0) { /* the loop polls pending anyway */ }
+        Py_BEGIN_ALLOW_THREADS
+        for (int k = 0; k < 200000 && __atomic_load_n(&l->pending, __ATOMIC_ACQUIRE); k++)
+            usleep(25);
+        Py_END_ALLOW_THREADS
+        if (__atomic_load_n(&l->pending, __ATOMIC_ACQUIRE))
+            return PyErr_Format(NfqError, "the loop thread did not apply the change in 5 s");
     }
+    if (l->p_rc < 0) return PyErr_Format(NfqError, "cannot change GSO flag: %s", strerror(l->p_errno));
     Py_RETURN_NONE;
 }
 
@@ -788,15 +884,23 @@ static PyObject *Loop_stats(LoopObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "i|p", &i, &reset)) return NULL;
     if (i < 0 || i >= self->nlanes) return PyErr_Format(PyExc_IndexError, "no lane %d", i);
     lane_t *l = self->lanes[i];
-    PyObject *d = counters_dict(&l->s, l->gso);
-    if (reset) l->s.c.period_late_max_ns = 0;
-    return d;
+    /* Read while the loop thread runs: each counter is one aligned 64-bit word written
+     * only by that thread, so a read is never torn; counters may be a few packets apart. */
+    sched_t copy = l->s;
+    if (reset)
+        copy.c.period_late_max_ns = __atomic_exchange_n(&l->s.c.period_late_max_ns, 0,
+                                                        __ATOMIC_RELAXED);
+    return counters_dict(&copy, l->gso);
 }
 
 static PyObject *Loop_run(LoopObject *self, PyObject *args) {
     double seconds;
     if (!PyArg_ParseTuple(args, "d", &seconds)) return NULL;
     int64_t until = mono_ns() + (int64_t)(seconds * 1e9);
+    if (self->thread_running) {
+        PyErr_SetString(PyExc_RuntimeError, "the loop runs in its own thread (start() was called)");
+        return NULL;
+    }
     int ctl;
     Py_BEGIN_ALLOW_THREADS
     ctl = loop_run_c(self, until);
@@ -804,11 +908,54 @@ static PyObject *Loop_run(LoopObject *self, PyObject *args) {
     return PyBool_FromLong(ctl);
 }
 
+static void *loop_thread_main(void *arg) {
+    LoopObject *self = arg;
+    if (self->rt_priority > 0) {
+        struct sched_param sp = {.sched_priority = self->rt_priority};
+        self->rt_ok = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0;
+    }
+    while (!self->stop) loop_run_c(self, INT64_MAX);
+    return NULL;
+}
+
+static PyObject *Loop_start(LoopObject *self, PyObject *args) {
+    int prio = 0;
+    if (!PyArg_ParseTuple(args, "|i", &prio)) return NULL;
+    if (self->thread_running) Py_RETURN_NONE;
+    self->stop = 0;
+    self->rt_priority = prio;
+    int rc = pthread_create(&self->thread, NULL, loop_thread_main, self);
+    if (rc) { errno = rc; return PyErr_SetFromErrno(PyExc_OSError); }
+    self->thread_running = 1;
+    Py_RETURN_NONE;
+}
+
+static void loop_stop_thread(LoopObject *self) {
+    if (!self->thread_running) return;
+    self->stop = 1;
+    uint64_t one = 1;
+    if (write(self->wake_fd, &one, sizeof(one)) < 0) { /* the flag is enough */ }
+    pthread_join(self->thread, NULL);
+    self->thread_running = 0;
+}
+
+static PyObject *Loop_stop(LoopObject *self, PyObject *noargs) {
+    (void)noargs;
+    Py_BEGIN_ALLOW_THREADS
+    loop_stop_thread(self);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *Loop_close_lane(LoopObject *self, PyObject *args) {
     int i;
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
     lane_t *l = get_lane(self, i);
     if (!l) return NULL;
+    if (self->thread_running) {
+        PyErr_SetString(PyExc_RuntimeError, "stop() the loop thread before closing a lane");
+        return NULL;
+    }
     epoll_ctl(self->epfd, EPOLL_CTL_DEL, l->fd, NULL);
     lane_close(l);
     Py_RETURN_NONE;
@@ -816,6 +963,9 @@ static PyObject *Loop_close_lane(LoopObject *self, PyObject *args) {
 
 static PyObject *Loop_close(LoopObject *self, PyObject *noargs) {
     (void)noargs;
+    Py_BEGIN_ALLOW_THREADS
+    loop_stop_thread(self);
+    Py_END_ALLOW_THREADS
     for (int i = 0; i < self->nlanes; i++) {
         lane_t *l = self->lanes[i];
         if (!l->closed) {
@@ -828,8 +978,8 @@ static PyObject *Loop_close(LoopObject *self, PyObject *noargs) {
 
 static PyObject *Loop_timing(LoopObject *self, PyObject *noargs) {
     (void)noargs;
-    return Py_BuildValue("{s:L,s:K}", "wake_lead_us", self->lead_ns / 1000, "timer_wakeups",
-                         self->wakeups);
+    return Py_BuildValue("{s:L,s:K,s:O}", "wake_lead_us", self->lead_ns / 1000, "timer_wakeups",
+                         self->wakeups, "realtime", self->rt_ok ? Py_True : Py_False);
 }
 
 static PyObject *Loop_lanes(LoopObject *self, void *closure) {
@@ -849,7 +999,11 @@ static PyMethodDef Loop_methods[] = {
      "run(seconds) -> True if it returned early because the control fd is readable."},
     {"close_lane", (PyCFunction)Loop_close_lane, METH_VARARGS,
      "close_lane(lane): release every held packet, unbind the queue."},
-    {"close", (PyCFunction)Loop_close, METH_NOARGS, "close(): close_lane for every lane."},
+    {"close", (PyCFunction)Loop_close, METH_NOARGS, "close(): stop the thread, close every lane."},
+    {"start", (PyCFunction)Loop_start, METH_VARARGS,
+     "start(rt_priority=0): run the loop in its own thread (SCHED_FIFO at that priority if > 0);\n"
+     "configure() and stats() stay callable from Python meanwhile."},
+    {"stop", (PyCFunction)Loop_stop, METH_NOARGS, "stop(): end the loop thread (lanes stay open)."},
     {"timing", (PyCFunction)Loop_timing, METH_NOARGS, "timer wake-up lead and count."},
     {NULL, NULL, 0, NULL},
 };

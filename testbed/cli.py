@@ -12,10 +12,35 @@ from pathlib import Path
 from testbed.errors import ChaintwinError
 
 PYTEST_NO_TESTS = 5
+EXIT_UNTRUSTED = 3
+"""`run --strict` when the run's health is not "ok" (unreliable or unknown)."""
+
+
+def print_health(man: dict[str, object]) -> str:
+    """Print a run's status on stdout and, unless its health is ok, a loud warning with
+    the reasons and periods on stderr; returns the health status ("ok" when the run has
+    none to judge, as simulations)."""
+    health = man.get("health")
+    print(f"status: {man.get('status')}")
+    if not isinstance(health, dict) or health.get("status") == "ok":
+        return "ok"
+    status = str(health.get("status"))
+    if status == "unreliable":
+        head = ("WARNING: this run is UNRELIABLE: the emulator could not keep up, so its "
+                "numbers may measure the emulator, not the system")
+    else:
+        head = f"WARNING: this run's health is {status}: it could not be checked fully"
+    print(head, file=sys.stderr)
+    for reason in health.get("reasons", []):
+        print(f"  reason: {reason}", file=sys.stderr)
+    for p in health.get("periods", []):
+        print(f"  period: {p['start_s']:.1f}-{p['end_s']:.1f} s {p['kind']}: {p['detail']}",
+              file=sys.stderr)
+    return status
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from testbed import config, runner
+    from testbed import config, manifest, runner
 
     loaded = config.load_experiment(args.experiment, args.set or [])
     results = Path(args.results) if args.results else runner.DEFAULT_RESULTS
@@ -27,7 +52,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {run_dir}")
     for name in sorted(p.name for p in run_dir.iterdir()):
         print(f"  {name}")
-    return 0
+    health = print_health(manifest.read(run_dir))
+    return EXIT_UNTRUSTED if args.strict and health != "ok" else 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -47,10 +73,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from testbed import runner
+    from testbed import manifest, runner
 
     for fig in runner.report(Path(args.run_dir)):
         print(fig)
+    print_health(manifest.read(Path(args.run_dir)))  # as recorded; report does not re-judge
     return 0
 
 
@@ -88,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. --set duration=5 --set links.bottleneck.bw=50mbit")
     p.add_argument("--results", help="results folder (default: results/ in the project)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit {EXIT_UNTRUSTED} unless the run's health is ok (default: "
+                        "warn and exit 0)")
     p = sub.add_parser("validate", help="check experiment/topology YAML files, run nothing")
     p.add_argument("files", nargs="+")
     p.add_argument("--set", action="append", metavar="PATH=VALUE")

@@ -37,6 +37,7 @@ import heapq
 import json
 import math
 import os
+import select
 import signal
 import sys
 import time
@@ -210,7 +211,7 @@ class DelayLines:
     def __init__(self, lanes: list[LaneSpec], control_fd: int | None,
                  periods: IO[str] | None, period_s: float = PERIOD_S) -> None:
         nfq = compiled()
-        self.loop = nfq.Loop(-1 if control_fd is None else control_fd)
+        self.loop = nfq.Loop()
         self.control_fd = control_fd
         self.periods = periods
         self.period_s = period_s
@@ -275,18 +276,25 @@ class DelayLines:
             self._pending = b""
         return True
 
-    def serve(self) -> None:
-        """Run the compiled loop, coming back for control input and period records."""
+    def serve(self, rt_priority: int = 20) -> None:
+        """Run the compiled loop in its own thread; this thread takes control input and
+        writes the period records, so neither ever delays a release."""
+        self.loop.start(rt_priority)
         next_period = time.monotonic() + self.period_s
-        while True:
-            ctl = self.loop.run(max(0.0, next_period - time.monotonic()))
-            if ctl and self.control_fd is not None and not self.read_control():
-                return
-            if time.monotonic() >= next_period:
-                self.write_period()
-                next_period += self.period_s
-                if next_period < time.monotonic():
-                    next_period = time.monotonic() + self.period_s
+        fds = [] if self.control_fd is None else [self.control_fd]
+        try:
+            while True:
+                ready, _, _ = select.select(fds, [], [],
+                                            max(0.0, next_period - time.monotonic()))
+                if ready and not self.read_control():
+                    return
+                if time.monotonic() >= next_period:
+                    self.write_period()
+                    next_period += self.period_s
+                    if next_period < time.monotonic():
+                        next_period = time.monotonic() + self.period_s
+        finally:
+            self.loop.stop()
 
     def write_period(self) -> None:
         now, cpu = time.monotonic(), _cpu_s()
@@ -331,24 +339,11 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
-def realtime_priority(priority: int = 20) -> str:
-    """Run as a SCHED_FIFO task so wake-ups are on time on a busy machine.
-
-    A delay line sleeping in the kernel otherwise waits for a CPU when its timer fires:
-    measured here with two cores loaded, releases went up to 8 ms late. The loop blocks
-    between releases, and the kernel's RT throttling caps an RT task at 95% of a core.
-    Falls back to nice -10, then to normal scheduling; returns what it got.
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return "fifo"
-    except (PermissionError, OSError):
-        pass
-    try:
-        os.nice(-10)
-        return "nice-10"
-    except (PermissionError, OSError):
-        return "normal"
+RT_PRIORITY = 20
+"""The loop thread runs SCHED_FIFO at this priority so wake-ups are on time on a busy
+machine: a delay line sleeping in the kernel otherwise waits for a CPU when its timer
+fires (measured here with two cores loaded: releases up to 8 ms late). The loop blocks
+between releases, and the kernel's RT throttling caps an RT task at 95% of a core."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     periods = open(args.periods, "a") if args.periods else None
     lines = DelayLines(lanes, None if args.no_control else sys.stdin.fileno(), periods,
                        args.period)
-    sched = realtime_priority() if args.realtime else "normal"
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -375,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     print(f"linkemu: {len(lanes)} lanes ready", flush=True)
     try:
-        lines.serve()
+        lines.serve(RT_PRIORITY if args.realtime else 0)
     except KeyboardInterrupt:
         pass
     finally:
@@ -384,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.write_period()
         lines.close()
         result = lines.summary()
+        sched = "fifo" if result["timing"]["realtime"] else "normal"
         result.update({"cpu_s": round(_cpu_s(), 3), "scheduling": sched, "pid": os.getpid()})
         if args.stats:
             tmp = args.stats + ".tmp"

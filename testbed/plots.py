@@ -12,6 +12,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from testbed.analysis import THROUGHPUT_CSV, read_throughput  # noqa: E402
 
+UNRELIABLE_TEXT = "UNRELIABLE: emulator could not keep up (see manifest health)"
+
+
+def mark_unreliable(ax: Any, manifest: dict[str, Any]) -> int:
+    """Shade the periods in which the emulator fell behind (times from the timeline's
+    start, as the figures' x axes) and say so on top of an unreliable run's axes, so a
+    figure cannot be shown without its caveat. Returns how many spans were drawn."""
+    health = manifest.get("health") or {}
+    spans = 0
+    for p in health.get("periods", []):
+        ax.axvspan(p["start_s"], p["end_s"], color="red", alpha=0.12, lw=0,
+                   label="emulator fell behind" if spans == 0 else None)
+        spans += 1
+    if health.get("status") == "unreliable":
+        ax.text(0.5, 0.98, UNRELIABLE_TEXT, transform=ax.transAxes, ha="center", va="top",
+                color="red", fontsize=8, fontweight="bold",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+    return spans
+
 
 def throughput_figure(run_dir: Path, manifest: dict[str, Any]) -> Path | None:
     if not (run_dir / THROUGHPUT_CSV).exists():
@@ -29,6 +48,7 @@ def throughput_figure(run_dir: Path, manifest: dict[str, Any]) -> Path | None:
             ax.axvline(ev["at"], color="0.5", ls=":", lw=0.8)
             ax.annotate(ev["action"], (ev["at"], ax.get_ylim()[1]), fontsize=7, rotation=90,
                         va="top", ha="right", color="0.4")
+    mark_unreliable(ax, manifest)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("goodput (Mbit/s, 100 ms bins)")
     exp = manifest.get("experiment", {})
@@ -87,6 +107,7 @@ def chain_latency_figure(run_dir: Path, manifest: dict[str, Any]) -> Path | None
                         color="tab:red")
         elif ev.get("action") in ("host_down", "host_up", "link_down", "link_up", "set_link"):
             ax.axvline(ev["actual_s"], color="0.5", ls=":", lw=0.8)
+    mark_unreliable(ax, manifest)
     ax.set_xlabel("transaction submit time (s)")
     ax.set_ylabel("commit latency (ms)")
     exp = manifest.get("experiment", {})

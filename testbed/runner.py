@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from testbed import analysis, capabilities, jobs, manifest, plots, processes
+from testbed import analysis, capabilities, health, jobs, manifest, plots, processes
 from testbed import chain as chain_mod
 from testbed.config import PROJECT_ROOT, LoadedExperiment
 from testbed.errors import EmulationError, ProcessFailed
@@ -103,7 +103,9 @@ def run(loaded: LoadedExperiment, results: Path = DEFAULT_RESULTS,
             _run_simulation(loaded, run_dir, man, show_progress)
         else:
             _run_emulation(loaded, run_dir, man, show_progress)
-        man["status"] = "ok"
+        # the data are kept either way; the status says whether to trust them
+        unreliable = man.get("health", {}).get("status") == "unreliable"
+        man["status"] = "unreliable" if unreliable else "ok"
     except KeyboardInterrupt as exc:
         man["status"] = "interrupted"
         man["error"] = f"interrupted ({exc or 'SIGINT'})"
@@ -175,9 +177,11 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
     captures: list[tuple[dict[str, Any], subprocess.Popen[bytes]]] = []
     events_done: list[dict[str, Any]] = []
     t0_wall = 0.0
+    sampler = health.HostCpuSampler(run_dir)
     try:
         with interrupts_raise():
             net.start()
+            sampler.start()
             man["commands"] = net.commands
             manifest.write(run_dir, man)
             for cap in exp.captures:
@@ -205,6 +209,7 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                       Progress(exp.name, exp.duration) if show_progress else None, chain)
     finally:
         with interrupts_deferred():
+            sampler.stop()  # first: teardown load is not the run's
             for r in running.values():
                 if r.proc.poll() is None:
                     r.stopped_by_us = True
@@ -219,6 +224,10 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                 man["captures"] = [c for c, _ in captures]
                 man["delay_lines"] = net.delay_line_stats()
                 man["commands"] = net.commands
+                if "timeline_t0_unix" in man:
+                    man["health"] = health.judge(
+                        run_dir, man["timeline_t0_unix"],
+                        expect_delay_line=bool(net.delay_lines)).to_dict()
                 manifest.write(run_dir, man)
     _analyse(run_dir, man, net, t0_wall)
 

@@ -62,7 +62,7 @@ def run_shipped(tmp_path: Path):  # type: ignore[no-untyped-def]
         run_dir = runner.run(loaded, tmp_path, show_progress=False)
         assert leftovers.find(list(loaded.topology.hosts)) == []
         man = json.loads((run_dir / "manifest.json").read_text())
-        assert man["status"] == "ok"
+        assert man["status"] == "ok", man.get("health", {}).get("reasons") or man.get("error")
         return loaded, run_dir, man
 
     return go
