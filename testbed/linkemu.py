@@ -209,13 +209,17 @@ class DelayLines:
     """The compiled loop with its lanes, the control channel and the period records."""
 
     def __init__(self, lanes: list[LaneSpec], control_fd: int | None,
-                 periods: IO[str] | None, period_s: float = PERIOD_S) -> None:
+                 periods: IO[str] | None, period_s: float = PERIOD_S,
+                 threads: int = 0) -> None:
         nfq = compiled()
-        self.loop = nfq.Loop()
+        # One loop thread per core (at most): a release runs the packet's path downstream
+        # in the releasing thread, so a long flush on one lane must not hold up the others.
+        n = max(1, min(threads or (os.cpu_count() or 1), len(lanes) or 1))
+        self.loops = [nfq.Loop() for _ in range(n)]
         self.control_fd = control_fd
         self.periods = periods
         self.period_s = period_s
-        self.names: dict[str, int] = {}
+        self.names: dict[str, tuple[Any, int]] = {}
         self.specs: dict[str, LaneSpec] = {}
         self.settings: dict[str, Settings] = {}
         self.control_errors = 0
@@ -225,18 +229,19 @@ class DelayLines:
             st = Settings()
             st.update(lane.settings)
             fd = os.open(lane.netns, os.O_RDONLY) if lane.netns else -1
+            loop = self.loops[len(self.names) % len(self.loops)]
             try:
-                idx = self.loop.add_lane(lane.queue, asdict(st), netns_fd=fd, seed=lane.seed)
+                idx = loop.add_lane(lane.queue, asdict(st), netns_fd=fd, seed=lane.seed)
             except OSError as exc:
                 raise RuntimeError(f"lane {lane.name} (queue {lane.queue} in "
                                    f"{lane.netns or 'this namespace'}): {exc}") from exc
             finally:
                 if fd >= 0:
                     os.close(fd)
-            self.names[lane.name] = idx
+            self.names[lane.name] = (loop, idx)
             self.specs[lane.name] = lane
             self.settings[lane.name] = st
-        self._last = {name: self.loop.stats(i, True) for name, i in self.names.items()}
+        self._last = {name: lp.stats(i, True) for name, (lp, i) in self.names.items()}
         self._cpu = _cpu_s()
         self._t = time.monotonic()
         self._pending = b""
@@ -251,7 +256,8 @@ class DelayLines:
             raise ValueError(f"no lane {name!r}; lanes: {sorted(self.names)}")
         new = Settings(**asdict(self.settings[name]))
         new.update(change)
-        self.loop.configure(self.names[name], **asdict(new))
+        loop, idx = self.names[name]
+        loop.configure(idx, **asdict(new))
         self.settings[name] = new
 
     def read_control(self) -> bool:
@@ -279,7 +285,8 @@ class DelayLines:
     def serve(self, rt_priority: int = 20) -> None:
         """Run the compiled loop in its own thread; this thread takes control input and
         writes the period records, so neither ever delays a release."""
-        self.loop.start(rt_priority)
+        for loop in self.loops:
+            loop.start(rt_priority)
         next_period = time.monotonic() + self.period_s
         fds = [] if self.control_fd is None else [self.control_fd]
         try:
@@ -294,15 +301,16 @@ class DelayLines:
                     if next_period < time.monotonic():
                         next_period = time.monotonic() + self.period_s
         finally:
-            self.loop.stop()
+            for loop in self.loops:
+                loop.stop()
 
     def write_period(self) -> None:
         now, cpu = time.monotonic(), _cpu_s()
         span = max(1e-9, now - self._t)
         unix = round(time.time(), 3)
         lines = []
-        for name, i in self.names.items():
-            st = self.loop.stats(i, True)
+        for name, (loop, i) in self.names.items():
+            st = loop.stats(i, True)
             prev = self._last[name]
             rec = {"kind": "link", "unix": unix, "period_s": round(span, 3), "link": name}
             rec.update({k: st[k] - prev[k] for k in PERIOD_FIELDS})
@@ -318,18 +326,19 @@ class DelayLines:
             self.periods.flush()
 
     def close(self) -> None:
-        self.loop.close()
+        for loop in self.loops:
+            loop.close()
 
     def summary(self) -> dict[str, Any]:
         links = {}
-        for name, i in self.names.items():
-            st = self.loop.stats(i)
+        for name, (loop, i) in self.names.items():
+            st = loop.stats(i)
             spec = self.specs[name]
             settings = {k: st.pop(k) for k in ("delay_us", "jitter_us", "loss", "reorder", "gso")}
             st.pop("period_late_max_us")
             links[name] = {"queue": spec.queue, "netns": spec.netns, "settings": settings,
                            "counters": st}
-        return {"links": links, "timing": self.loop.timing(),
+        return {"links": links, "timing": [loop.timing() for loop in self.loops],
                 "control_errors": self.control_errors,
                 "late_hist_edges_us": compiled().LATE_HIST_EDGES_US}
 
@@ -378,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.write_period()
         lines.close()
         result = lines.summary()
-        sched = "fifo" if result["timing"]["realtime"] else "normal"
+        sched = "fifo" if all(t["realtime"] for t in result["timing"]) else "normal"
         result.update({"cpu_s": round(_cpu_s(), 3), "scheduling": sched, "pid": os.getpid()})
         if args.stats:
             tmp = args.stats + ".tmp"
