@@ -89,7 +89,9 @@ def one(tmp: Path, rtt_ms: int, gbit: float, seconds: float, granularity: str,
         "delay_line_pkts_per_s": round(dl["counters"]["received"] / seconds),
         "delay_line_cpu": round(dls["cpu_s"] / (seconds + 2), 2),
         "late_over_1ms": dl["counters"]["late_over_1ms"],
+        "late_frac": round(dl["counters"]["late_over_1ms"] / max(1, dl["counters"]["released"]), 4),
         "overflow": dl["counters"]["overflow"],
+        "status": man["status"],
         "machine_cpu": round((b1 - b0) / (t1 - t0), 2),
         "cores": ncpu, "granularity": dl["settings"]["gso"] and "segment" or "packet",
         "cc": cc, "jitter_ms": jitter_ms,
@@ -114,7 +116,7 @@ def main() -> int:
     rows = []
     print(f"{'cc':>6} {'gran':>7} {'RTT':>5} {'rate':>6} {'goodput':>8} {'ratio':>6} {'wire':>6} "
           f"{'steady':>6} {'retx':>6} "
-          f"{'dl pkt/s':>8} {'dl cpu':>6} {'cpu':>5}")
+          f"{'dl pkt/s':>8} {'dl cpu':>6} {'cpu':>5} {'late%':>6} {'ovfl':>6} {'status':>10}")
     with tempfile.TemporaryDirectory() as d:
         grid = itertools.product(args.cc.split(","), [int(x) for x in args.rtts.split(",")],
                                  [float(x) for x in args.rates.split(",")])
@@ -126,11 +128,14 @@ def main() -> int:
                   f"{r['goodput_mbit']:>7.1f}M {r['goodput_ratio']:>6.3f} "
                   f"{r['wire_ratio']:>6.3f} {r['steady_ratio']:>6.3f} "
                   f"{r['retransmits']!s:>6} {r['delay_line_pkts_per_s']:>8} "
-                  f"{r['delay_line_cpu']:>6.2f} {r['machine_cpu']:>5.2f}"
+                  f"{r['delay_line_cpu']:>6.2f} {r['machine_cpu']:>5.2f} "
+                  f"{100 * r['late_frac']:>6.2f} {r['overflow']:>6} {r['status']:>10}"
                   f"   ({time.monotonic() - t:.0f} s)", flush=True)
     print("ratio: goodput / configured rate; wire: with TCP/IP/Ethernet headers; steady: "
           f"goodput ratio after {STEADY_AFTER_S:g} s; dl cpu: delay line process, cores; "
-          "cpu: machine busy fraction of all cores")
+          "cpu: machine busy fraction of all cores; late%: packets released > 1 ms late "
+          "(the line kept up only where this is ~0); ovfl: packets the kernel passed "
+          "unshaped; status: the run's health verdict")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
