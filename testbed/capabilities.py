@@ -133,6 +133,15 @@ def _bridge_netfilter_check(root: bool) -> Check:
                  "(or sysctl net.bridge.bridge-nf-call-iptables=0)", required=False)
 
 
+def compiled_loop() -> tuple[bool, str]:
+    """Whether the compiled NFQUEUE loop imports; there is no slower fallback."""
+    try:
+        from abn import _nfqloop
+    except ImportError as exc:
+        return False, f"abn._nfqloop does not import ({exc}); no userspace delay line"
+    return True, _nfqloop.__file__ or "abn._nfqloop"
+
+
 def probe() -> Report:
     r = Report()
     root = os.geteuid() == 0
@@ -161,6 +170,10 @@ def probe() -> Report:
     nfq_lib = ctypes.util.find_library("netfilter_queue")
     r.checks.append(Check("libnetfilter_queue", bool(nfq_lib), nfq_lib or "not found",
                           "apt-get install libnetfilter-queue1", required=False))
+    loop_ok, loop_detail = compiled_loop()
+    r.checks.append(Check("compiled delay line", loop_ok, loop_detail,
+                          "./setup.sh (builds abn/_nfqloop.c: needs gcc, python3-dev, "
+                          "libnetfilter-queue-dev, libmnl-dev)", required=False))
     ovs = shutil.which("ovs-vsctl")
     r.checks.append(Check("openvswitch", bool(ovs),
                           (ovs + " (userspace datapath only)") if ovs else "not installed",
@@ -183,9 +196,10 @@ def probe() -> Report:
                                   required))
     r.checks.append(_bridge_netfilter_check(root))
     netem = kern.get("netem", (False, ""))[0]
-    userspace = kern.get("nfqueue", (False, ""))[0] and bool(nfq_lib)
+    userspace = kern.get("nfqueue", (False, ""))[0] and bool(nfq_lib) and loop_ok
     r.shaping_backend = "netem" if netem else "userspace" if userspace else None
     r.checks.append(Check("delay/jitter/loss backend", r.shaping_backend is not None,
-                          r.shaping_backend or "neither netem nor NFQUEUE+libnetfilter_queue",
-                          "install libnetfilter-queue1, or use a kernel with sch_netem"))
+                          r.shaping_backend or "neither netem nor NFQUEUE with the compiled "
+                          "delay line",
+                          "run ./setup.sh (compiled delay line), or use a kernel with sch_netem"))
     return r

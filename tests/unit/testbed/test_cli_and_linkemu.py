@@ -66,3 +66,34 @@ def test_simulation_run_writes_manifest_and_report_redraws(tmp_path):
         p.unlink()
     redrawn = runner.report(run_dir)
     assert [p.name for p in redrawn] == pngs
+
+
+def test_doctor_names_the_compiled_delay_line_and_has_no_silent_fallback(monkeypatch):
+    rep = capabilities.probe()
+    (check,) = [c for c in rep.checks if c.name == "compiled delay line"]
+    assert check.ok and "_nfqloop" in check.detail
+    monkeypatch.setattr(capabilities, "compiled_loop",
+                        lambda: (False, "abn._nfqloop does not import (test)"))
+    broken = capabilities.probe()
+    (check,) = [c for c in broken.checks if c.name == "compiled delay line"]
+    assert not check.ok and "setup.sh" in check.fix
+    if rep.shaping_backend == "userspace":  # this machine: no netem
+        assert broken.shaping_backend is None
+        assert "compiled delay line" in broken.render()
+
+
+def test_delay_line_refuses_to_start_without_the_compiled_loop(monkeypatch):
+    import builtins
+
+    from testbed import linkemu
+
+    real_import = builtins.__import__
+
+    def no_loop(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "abn" and fromlist and "_nfqloop" in fromlist:
+            raise ImportError("simulated: not built")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", no_loop)
+    with pytest.raises(RuntimeError, match="setup.sh"):
+        linkemu.compiled()
