@@ -31,6 +31,7 @@
  * bytes (the lane then copies packets, not metadata) and may change them in place; a
  * changed packet's verdict carries the new payload.
  */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -491,6 +492,7 @@ typedef struct {
     pthread_t thread;
     int thread_running;
     int rt_priority, rt_ok;
+    int cpu, cpu_ok;          /* CPU the loop thread is pinned to (-1: none) */
     int64_t lead_ns;
     int64_t wake_arrival_ns; /* estimated arrival of the packets that woke the loop, or 0 */
     int64_t spin_budget_ns, spin_refill_ns, spin_ns;
@@ -665,6 +667,7 @@ static int Loop_init(LoopObject *self, PyObject *args, PyObject *kw) {
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (self->epfd < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
     self->ctl_fd = ctl;
+    self->cpu = -1;
     self->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (self->wake_fd < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
     struct epoll_event wev = {.events = EPOLLIN, .data.u32 = WAKE_TAG};
@@ -925,6 +928,12 @@ static PyObject *Loop_run(LoopObject *self, PyObject *args) {
 
 static void *loop_thread_main(void *arg) {
     LoopObject *self = arg;
+    if (self->cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(self->cpu, &set);
+        self->cpu_ok = pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+    }
     if (self->rt_priority > 0) {
         struct sched_param sp = {.sched_priority = self->rt_priority};
         self->rt_ok = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0;
@@ -934,11 +943,12 @@ static void *loop_thread_main(void *arg) {
 }
 
 static PyObject *Loop_start(LoopObject *self, PyObject *args) {
-    int prio = 0;
-    if (!PyArg_ParseTuple(args, "|i", &prio)) return NULL;
+    int prio = 0, cpu = -1;
+    if (!PyArg_ParseTuple(args, "|ii", &prio, &cpu)) return NULL;
     if (self->thread_running) Py_RETURN_NONE;
     self->stop = 0;
     self->rt_priority = prio;
+    self->cpu = cpu;
     int rc = pthread_create(&self->thread, NULL, loop_thread_main, self);
     if (rc) { errno = rc; return PyErr_SetFromErrno(PyExc_OSError); }
     self->thread_running = 1;
@@ -993,9 +1003,10 @@ static PyObject *Loop_close(LoopObject *self, PyObject *noargs) {
 
 static PyObject *Loop_timing(LoopObject *self, PyObject *noargs) {
     (void)noargs;
-    return Py_BuildValue("{s:L,s:K,s:O,s:d}", "wake_lead_us", self->lead_ns / 1000,
+    return Py_BuildValue("{s:L,s:K,s:O,s:d,s:i}", "wake_lead_us", self->lead_ns / 1000,
                          "timer_wakeups", self->wakeups, "realtime",
-                         self->rt_ok ? Py_True : Py_False, "spin_s", self->spin_ns / 1e9);
+                         self->rt_ok ? Py_True : Py_False, "spin_s", self->spin_ns / 1e9,
+                         "cpu", self->cpu_ok ? self->cpu : -1);
 }
 
 static PyObject *Loop_lanes(LoopObject *self, void *closure) {
@@ -1017,7 +1028,8 @@ static PyMethodDef Loop_methods[] = {
      "close_lane(lane): release every held packet, unbind the queue."},
     {"close", (PyCFunction)Loop_close, METH_NOARGS, "close(): stop the thread, close every lane."},
     {"start", (PyCFunction)Loop_start, METH_VARARGS,
-     "start(rt_priority=0): run the loop in its own thread (SCHED_FIFO at that priority if > 0);\n"
+     "start(rt_priority=0, cpu=-1): run the loop in its own thread (SCHED_FIFO at that\n"
+     "priority if > 0, pinned to that CPU if >= 0);\n"
      "configure() and stats() stay callable from Python meanwhile."},
     {"stop", (PyCFunction)Loop_stop, METH_NOARGS, "stop(): end the loop thread (lanes stay open)."},
     {"timing", (PyCFunction)Loop_timing, METH_NOARGS, "timer wake-up lead and count."},

@@ -17,7 +17,8 @@ Reordering: with `reorder` each packet draws its own delay and may overtake othe
 netem's jitter does; without it a packet never leaves before the one queued ahead of it.
 
 Run as `python -m testbed.linkemu --config lanes.json`; the config lists the lanes
-(name, netns path, queue number, settings, seed). Control: one JSON object per line on
+(name, netns path, queue number, settings, seed) and optionally `cpus`, the CPUs to pin
+one loop thread each to. Control: one JSON object per line on
 stdin changes one lane's settings at run time, e.g. {"link": "path:mb>h2", "delay_us":
 50000, "jitter_us": 0, "loss": 0.01, "reorder": true, "gso": false}; a bad line is
 refused whole and counted. End of stdin or SIGTERM releases every held packet and exits,
@@ -210,12 +211,15 @@ class DelayLines:
 
     def __init__(self, lanes: list[LaneSpec], control_fd: int | None,
                  periods: IO[str] | None, period_s: float = PERIOD_S,
-                 threads: int = 0) -> None:
+                 cpus: list[int] | None = None) -> None:
         nfq = compiled()
-        # One loop thread per core (at most): a release runs the packet's path downstream
-        # in the releasing thread, so a long flush on one lane must not hold up the others.
-        n = max(1, min(threads or (os.cpu_count() or 1), len(lanes) or 1))
-        self.loops = [nfq.Loop() for _ in range(n)]
+        # `cpus`: one loop thread pinned to each (the testbed steers the packets' receive
+        # processing to the other cores, see testbed.network); without it, one unpinned
+        # thread per core, since a release then runs the packet's path downstream in the
+        # releasing thread and a long flush on one lane must not hold up the others.
+        self.cpus = list(cpus or [])
+        n = len(self.cpus) or (os.cpu_count() or 1)
+        self.loops = [nfq.Loop() for _ in range(max(1, min(n, len(lanes) or 1)))]
         self.control_fd = control_fd
         self.periods = periods
         self.period_s = period_s
@@ -285,8 +289,8 @@ class DelayLines:
     def serve(self, rt_priority: int = 20) -> None:
         """Run the compiled loop in its own thread; this thread takes control input and
         writes the period records, so neither ever delays a release."""
-        for loop in self.loops:
-            loop.start(rt_priority)
+        for i, loop in enumerate(self.loops):
+            loop.start(rt_priority, self.cpus[i] if self.cpus else -1)
         next_period = time.monotonic() + self.period_s
         fds = [] if self.control_fd is None else [self.control_fd]
         try:
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     lanes = [LaneSpec.from_dict(d) for d in cfg["lanes"]]
     periods = open(args.periods, "a") if args.periods else None
     lines = DelayLines(lanes, None if args.no_control else sys.stdin.fileno(), periods,
-                       args.period)
+                       args.period, [int(c) for c in cfg.get("cpus", [])])
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

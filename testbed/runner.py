@@ -223,6 +223,7 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                 man["events"] = events_done
                 man["captures"] = [c for c, _ in captures]
                 man["delay_lines"] = net.delay_line_stats()
+                man["delay_line_offload"] = net.offload
                 man["commands"] = net.commands
                 if "timeline_t0_unix" in man:
                     man["health"] = health.judge(
