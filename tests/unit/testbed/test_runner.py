@@ -22,6 +22,7 @@ class FakeNetwork:
         self.fail_start, self.fail_check = fail_start, fail_check
         self.plan = SimpleNamespace(host_ips={}, routes={}, ip_of=lambda h: "10.0.0.1")
         self.directions, self.commands = [], []
+        self.offload = {}
         self.delay_lines = object() if periods is not None else None
         self.stopped = False
         FakeNetwork.instances.append(self)
