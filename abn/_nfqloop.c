@@ -301,6 +301,111 @@ static void sched_due(sched_t *s, int64_t now, const emit_t *e) {
     }
 }
 
+/* ---------------------------------------------------------------- the ABN option */
+/*
+ * The compiled twin of abn/options.py's write_rate (the reference; a differential
+ * property test holds them byte for byte): put a rate (kbit/s) into a pure ACK's ABN
+ * option (kind 253, RFC 6994 ExID 0xAB4E, 32-bit rate), fixing the data offset, the IP
+ * total length and both checksums (the TCP one always in full: veth hands over
+ * CHECKSUM_PARTIAL segments). A packet it will not rewrite is left untouched and the
+ * outcome says why. Pure ACKs carry no payload, so only the option area moves.
+ */
+enum abn_outcome {
+    ABN_WRITTEN, ABN_REPLACED, ABN_NO_ROOM, ABN_NOT_PURE_ACK, ABN_NOT_IPV4_TCP,
+    ABN_FRAGMENT, ABN_MALFORMED_IP, ABN_MALFORMED_TCP, ABN_MALFORMED_OPTIONS,
+};
+static const char *abn_outcome_names[] = {
+    "written", "replaced", "no_room", "not_pure_ack", "not_ipv4_tcp", "fragment",
+    "malformed_ip", "malformed_tcp", "malformed_options",
+};
+#define ABN_KIND 253
+#define ABN_EXID 0xAB4E
+#define ABN_OPTLEN 8
+#define TCP_OPT_SPACE 40
+
+static uint32_t ones_sum(const uint8_t *p, size_t n, uint32_t acc) {
+    for (size_t i = 0; i + 1 < n; i += 2) acc += (uint32_t)(p[i] << 8 | p[i + 1]);
+    if (n & 1) acc += (uint32_t)(p[n - 1] << 8);
+    return acc;
+}
+
+static uint16_t fold(uint32_t acc) {
+    while (acc >> 16) acc = (acc & 0xffff) + (acc >> 16);
+    return (uint16_t)acc;
+}
+
+/* Rewrites pkt (len bytes, room for cap) in place; *newlen is its new length. */
+static int abn_write_rate(uint8_t *pkt, uint32_t len, uint32_t cap, uint32_t rate,
+                          uint32_t *newlen) {
+    *newlen = len;
+    if (len < 20) return ABN_MALFORMED_IP;
+    if (pkt[0] >> 4 != 4) return ABN_NOT_IPV4_TCP;
+    uint32_t ihl = (uint32_t)(pkt[0] & 0x0f) * 4, total = (uint32_t)(pkt[2] << 8 | pkt[3]);
+    if (ihl < 20 || ihl > len || total != len) return ABN_MALFORMED_IP;
+    if ((pkt[6] << 8 | pkt[7]) & 0x3fff) return ABN_FRAGMENT;
+    if (pkt[9] != 6) return ABN_NOT_IPV4_TCP;
+    if (len - ihl < 20) return ABN_MALFORMED_TCP;
+    uint8_t *tcp = pkt + ihl;
+    uint32_t doff = (uint32_t)(tcp[12] >> 4) * 4;
+    if (doff < 20 || ihl + doff > len) return ABN_MALFORMED_TCP;
+    uint8_t flags = tcp[13];
+    if (!(flags & 0x10) || (flags & 0x07) || len - ihl - doff) return ABN_NOT_PURE_ACK;
+    const uint8_t *area = tcp + 20;
+    uint32_t alen = doff - 20, off = 0, keep = 0;
+    int ours = 0;
+    uint32_t ours_at[TCP_OPT_SPACE];
+    while (off < alen) {               /* parse: structure only, EOL ends the list */
+        uint8_t kind = area[off];
+        if (kind == 0) break;
+        if (kind == 1) { off++; continue; }
+        if (off + 1 >= alen) return ABN_MALFORMED_OPTIONS;
+        uint32_t olen = area[off + 1];
+        if (olen < 2 || off + olen > alen) return ABN_MALFORMED_OPTIONS;
+        if (kind == ABN_KIND && olen >= 4 && (area[off + 2] << 8 | area[off + 3]) == ABN_EXID) {
+            if (olen != ABN_OPTLEN) return ABN_MALFORMED_OPTIONS;
+            ours_at[ours++] = off;
+        }
+        off += olen;
+        keep = off;                    /* end of the last real option */
+    }
+    uint8_t rate_be[4] = {(uint8_t)(rate >> 24), (uint8_t)(rate >> 16), (uint8_t)(rate >> 8),
+                          (uint8_t)rate};
+    int outcome;
+    uint32_t nalen;
+    if (ours) {
+        for (int i = 0; i < ours; i++) memcpy(tcp + 20 + ours_at[i] + 4, rate_be, 4);
+        nalen = alen;
+        outcome = ABN_REPLACED;
+    } else {
+        uint32_t pad = (4 - keep % 4) % 4;
+        nalen = keep + pad + ABN_OPTLEN;
+        if (nalen > TCP_OPT_SPACE) return ABN_NO_ROOM;
+        if (ihl + 20 + nalen > cap) return ABN_NO_ROOM;
+        uint8_t *a = tcp + 20;
+        memset(a + keep, 1, pad);
+        uint8_t opt[ABN_OPTLEN] = {ABN_KIND, ABN_OPTLEN, ABN_EXID >> 8, ABN_EXID & 0xff,
+                                   rate_be[0], rate_be[1], rate_be[2], rate_be[3]};
+        memcpy(a + keep + pad, opt, ABN_OPTLEN);
+        outcome = ABN_WRITTEN;
+    }
+    uint32_t seglen = 20 + nalen;
+    tcp[12] = (uint8_t)(((seglen / 4) << 4) | (tcp[12] & 0x0f));
+    tcp[16] = tcp[17] = 0;
+    uint32_t acc = ones_sum(pkt + 12, 8, 0) + 6 + seglen; /* pseudo-header */
+    uint16_t csum = (uint16_t)~fold(ones_sum(tcp, seglen, acc));
+    tcp[16] = (uint8_t)(csum >> 8);
+    tcp[17] = (uint8_t)csum;
+    uint32_t nlen = ihl + seglen;
+    pkt[2] = (uint8_t)(nlen >> 8);
+    pkt[3] = (uint8_t)nlen;
+    pkt[10] = pkt[11] = 0;
+    uint16_t ipsum = (uint16_t)~fold(ones_sum(pkt, ihl, 0));
+    pkt[10] = (uint8_t)(ipsum >> 8);
+    pkt[11] = (uint8_t)ipsum;
+    *newlen = nlen;
+    return outcome;
+}
+
 /* ---------------------------------------------------------------- lanes */
 
 typedef int (*rewrite_fn)(void *ctx, uint8_t *pkt, uint32_t len, uint32_t cap);
@@ -1163,8 +1268,29 @@ static PyObject *mod_uniforms(PyObject *m, PyObject *args) {
     return out;
 }
 
+static PyObject *mod_write_rate(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *packet;
+    long long rate;
+    if (!PyArg_ParseTuple(args, "SL", &packet, &rate)) return NULL;
+    if (rate < 0 || rate > 0xffffffffLL)
+        return PyErr_Format(PyExc_ValueError, "rate %lld kbit/s is outside 0..%u", rate, 0xffffffffu);
+    Py_ssize_t len = PyBytes_GET_SIZE(packet);
+    if (len > 65535) return Py_BuildValue("(Os)", packet, "malformed_ip");
+    uint8_t buf[65535 + 64];
+    memcpy(buf, PyBytes_AS_STRING(packet), (size_t)len);
+    uint32_t nlen;
+    int r = abn_write_rate(buf, (uint32_t)len, sizeof(buf), (uint32_t)rate, &nlen);
+    if (r != ABN_WRITTEN && r != ABN_REPLACED)
+        return Py_BuildValue("(Os)", packet, abn_outcome_names[r]);
+    return Py_BuildValue("(y#s)", (const char *)buf, (Py_ssize_t)nlen, abn_outcome_names[r]);
+}
+
 static PyMethodDef mod_methods[] = {
     {"uniforms", mod_uniforms, METH_VARARGS, "uniforms(seed, n): the first n draws (tests)"},
+    {"write_rate", mod_write_rate, METH_VARARGS,
+     "write_rate(packet, rate_kbps) -> (packet, outcome): the compiled ABN rewrite, the\n"
+     "input object itself unless the outcome is 'written' or 'replaced'"},
     {NULL, NULL, 0, NULL},
 };
 
