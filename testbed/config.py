@@ -47,7 +47,10 @@ class LoadedExperiment:
             if over is not None:
                 link = link.merged(over)
             links.append(link)
-        return topo.model_copy(update={"links": links})
+        hosts = {name: spec.model_copy(update={"sysctls": {
+                     **spec.sysctls, **self.experiment.sysctls.get(name, {})}})
+                 for name, spec in topo.hosts.items()}
+        return topo.model_copy(update={"links": links, "hosts": hosts})
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -221,5 +224,8 @@ def check_against_topology(exp: Experiment, topo: Topology, source: str) -> None
     for i, cap in enumerate(exp.captures):
         if cap.host not in hosts:
             problems.append(f"captures[{i}].host: unknown host {cap.host!r}")
+    for host in exp.sysctls:
+        if host not in hosts:
+            problems.append(f"sysctls.{host}: unknown host; known: {sorted(hosts)}")
     if problems:
         raise ConfigError(f"{source}: does not fit its topology\n  " + "\n  ".join(problems))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from testbed.topology_schema import Shaping, Strict
 
@@ -202,9 +202,19 @@ class Experiment(Strict):
     simulation: SimulationJob | None = None
     chain: ChainSpec | None = None
     """Blockchain validators started on hosts before the timeline begins."""
+    sysctls: dict[str, dict[str, int | str]] = {}
+    """Per-host kernel settings by host name (testbed.sysctls.KNOWN), over the
+    topology's: e.g. {h1: {net.ipv4.tcp_recovery: 0}}."""
     until_done: bool = False
     """End the run early once every process except servers has exited and no event is
     left (duration is then the upper bound)."""
+
+    @field_validator("sysctls")
+    @classmethod
+    def _known_sysctls(cls, v: dict[str, dict[str, int | str]]) -> dict[str, dict[str, int | str]]:
+        from testbed import sysctls
+
+        return {host: dict(sysctls.check(dict(kv), f"sysctls.{host}")) for host, kv in v.items()}
 
     @model_validator(mode="after")
     def _mode_fields(self) -> Experiment:

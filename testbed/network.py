@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from testbed import shaping
+from testbed import shaping, sysctls
 from testbed.addressing import Plan
 from testbed.addressing import plan as make_plan
 from testbed.errors import EmulationError
@@ -154,6 +154,8 @@ class Network:
             # Packets held in a delay line on a sender's own egress still count against
             # TCP small queues; let them not throttle the sender.
             h.cmd("sysctl -qw net.ipv4.tcp_limit_output_bytes=268435456")
+            if spec.sysctls:  # the experiment's own settings, after the defaults above
+                self.run(Cmd(name, sysctls.argv({k: str(v) for k, v in spec.sysctls.items()})))
             for subnet, via in self.plan.routes.get(name, []):
                 self.run(Cmd(name, ("ip", "route", "replace", subnet, "via", via)))
             if uses_ovs:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from testbed import units
 
@@ -103,6 +103,16 @@ class HostSpec(Strict):
     role: Role = "endpoint"
     forward: bool | None = None
     """Route packets between its interfaces. Default: true for middleboxes and routers."""
+    sysctls: dict[str, int | str] = {}
+    """Per-namespace kernel settings for this host (testbed.sysctls.KNOWN lists them),
+    applied after the testbed's own defaults."""
+
+    @field_validator("sysctls")
+    @classmethod
+    def _known_sysctls(cls, v: dict[str, int | str]) -> dict[str, int | str]:
+        from testbed import sysctls
+
+        return dict(sysctls.check(dict(v), "sysctls"))
 
     @property
     def forwards(self) -> bool:
