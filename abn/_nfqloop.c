@@ -314,7 +314,8 @@ enum abn_outcome {
     ABN_WRITTEN, ABN_REPLACED, ABN_NO_ROOM, ABN_NOT_PURE_ACK, ABN_NOT_IPV4_TCP,
     ABN_FRAGMENT, ABN_MALFORMED_IP, ABN_MALFORMED_TCP, ABN_MALFORMED_OPTIONS,
 };
-static const char *abn_outcome_names[] = {
+#define ABN_OUTCOMES 9
+static const char *abn_outcome_names[ABN_OUTCOMES] = {
     "written", "replaced", "no_room", "not_pure_ack", "not_ipv4_tcp", "fragment",
     "malformed_ip", "malformed_tcp", "malformed_options",
 };
@@ -424,6 +425,9 @@ typedef struct {
     int have_id;
     rewrite_fn rewrite;
     void *rewrite_ctx;
+    int abn;                  /* an ABN lane: pure ACKs get the rate below written in */
+    uint32_t abn_rate_kbps;
+    uint64_t abn_outcomes[ABN_OUTCOMES];
     int closed;
     /* settings change from Python, applied by the loop thread (which owns the lane) */
     volatile int pending;
@@ -431,6 +435,17 @@ typedef struct {
     double p_loss;
     int p_reorder, p_gso, p_rc, p_errno;
 } lane_t;
+
+/* The rewrite hook of an ABN lane (whole packets up to ABN_COPY_RANGE bytes are copied;
+ * a longer one arrives truncated, fails the length check and passes unchanged). */
+#define ABN_COPY_RANGE 256
+static int abn_hook(void *ctx, uint8_t *pkt, uint32_t len, uint32_t cap) {
+    lane_t *l = ctx;
+    uint32_t nlen;
+    int r = abn_write_rate(pkt, len, cap, l->abn_rate_kbps, &nlen);
+    l->abn_outcomes[r]++;
+    return (r == ABN_WRITTEN || r == ABN_REPLACED) ? (int)nlen : 0;
+}
 
 static int vflush(lane_t *l) {
     if (!l->vlen) return 0;
@@ -502,7 +517,7 @@ static int lane_set_flags(lane_t *l, int gso) {
     return 0;
 }
 
-static int lane_open(lane_t *l, int netns_fd, int copy_packet) {
+static int lane_open(lane_t *l, int netns_fd, int copy_range) {
     int orig = -1, rc = -1, saved = 0, fl = 0;
     char buf[8192];
     struct nlmsghdr *nlh;
@@ -532,8 +547,8 @@ static int lane_open(lane_t *l, int netns_fd, int copy_packet) {
     nfq_nlmsg_cfg_put_cmd(nlh, AF_INET, NFQNL_CFG_CMD_BIND);
     if (nl_config(l, nlh) < 0) goto out;
     nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, l->queue_num);
-    nfq_nlmsg_cfg_put_params(nlh, copy_packet ? NFQNL_COPY_PACKET : NFQNL_COPY_META,
-                             copy_packet ? 0xffff : 0);
+    nfq_nlmsg_cfg_put_params(nlh, copy_range ? NFQNL_COPY_PACKET : NFQNL_COPY_META,
+                             copy_range);
     if (nl_config(l, nlh) < 0) goto out;
     nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, l->queue_num);
     nfq_nlmsg_cfg_put_qmaxlen(nlh, QUEUE_MAXLEN);
@@ -564,7 +579,11 @@ static void lane_handle_packet(lane_t *l, const struct nlmsghdr *nlh, int64_t no
     l->have_id = 1;
     uint8_t *copy = NULL;
     uint32_t clen = 0;
-    if (l->rewrite && attr[NFQA_PAYLOAD]) {
+    if (l->rewrite && attr[NFQA_PAYLOAD] && l->abn && attr[NFQA_CAP_LEN] &&
+        ntohl(mnl_attr_get_u32(attr[NFQA_CAP_LEN])) > mnl_attr_get_payload_len(attr[NFQA_PAYLOAD])) {
+        /* only the first ABN_COPY_RANGE bytes came: too long to be a pure ACK */
+        l->abn_outcomes[ABN_NOT_PURE_ACK]++;
+    } else if (l->rewrite && attr[NFQA_PAYLOAD]) {
         uint8_t *data = mnl_attr_get_payload(attr[NFQA_PAYLOAD]);
         uint32_t len = mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]);
         uint32_t cap = len + 64;
@@ -883,6 +902,7 @@ static int parse_settings(sched_t *s, PyObject *kw, int *gso) {
 static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"queue_num", "netns_fd", "seed", "copy_packet", NULL};
     int queue_num, netns_fd = -1, copy_packet = 0;
+    long long abn_rate = -1;
     unsigned long long seed = 1;
     PyObject *settings = NULL;
     if (!PyArg_ParseTuple(args, "i|O!", &queue_num, &PyDict_Type, &settings)) return NULL;
@@ -892,6 +912,13 @@ static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
         if ((v = PyDict_GetItemString(kw, "netns_fd"))) netns_fd = (int)PyLong_AsLong(v);
         if ((v = PyDict_GetItemString(kw, "seed"))) seed = PyLong_AsUnsignedLongLongMask(v);
         if ((v = PyDict_GetItemString(kw, "copy_packet"))) copy_packet = PyObject_IsTrue(v);
+        if ((v = PyDict_GetItemString(kw, "abn_rate_kbps")) && v != Py_None) {
+            abn_rate = PyLong_AsLongLong(v);
+            if (!PyErr_Occurred() && (abn_rate < 0 || abn_rate > 0xffffffffLL)) {
+                PyErr_SetString(PyExc_ValueError, "abn_rate_kbps must be 0..2^32-1");
+                return NULL;
+            }
+        }
         if (PyErr_Occurred()) return NULL;
     }
     if (self->thread_running) {
@@ -910,8 +937,15 @@ static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
     if (parse_settings(&l->s, settings, &l->gso) < 0) { free(l); return NULL; }
     l->vbuf = malloc(VBUF_SZ);
     if (!l->vbuf) { free(l); return PyErr_NoMemory(); }
-    if (copy_packet && grow_rbuf(self, PKT_BUFSZ) < 0) { free(l->vbuf); free(l); return PyErr_NoMemory(); }
-    if (lane_open(l, netns_fd, copy_packet) < 0) {
+    if (abn_rate >= 0) {
+        l->abn = 1;
+        l->abn_rate_kbps = (uint32_t)abn_rate;
+        l->rewrite = abn_hook;
+        l->rewrite_ctx = l;
+    }
+    int copy_range = l->abn ? ABN_COPY_RANGE : copy_packet ? 0xffff : 0;
+    if (copy_range && grow_rbuf(self, PKT_BUFSZ) < 0) { free(l->vbuf); free(l); return PyErr_NoMemory(); }
+    if (lane_open(l, netns_fd, copy_range) < 0) {
         int e = errno;
         free(l->vbuf);
         free(l);
@@ -1013,7 +1047,20 @@ static PyObject *Loop_stats(LoopObject *self, PyObject *args) {
     if (reset)
         copy.c.period_late_max_ns = __atomic_exchange_n(&l->s.c.period_late_max_ns, 0,
                                                         __ATOMIC_RELAXED);
-    return counters_dict(&copy, l->gso);
+    PyObject *d = counters_dict(&copy, l->gso);
+    if (d && l->abn) {
+        PyObject *abn = PyDict_New();
+        for (int k = 0; abn && k < ABN_OUTCOMES; k++) {
+            PyObject *n = PyLong_FromUnsignedLongLong(l->abn_outcomes[k]);
+            PyDict_SetItemString(abn, abn_outcome_names[k], n);
+            Py_XDECREF(n);
+        }
+        PyObject *rate = PyLong_FromUnsignedLong(l->abn_rate_kbps);
+        if (abn) PyDict_SetItemString(abn, "rate_kbps", rate);
+        Py_XDECREF(rate);
+        if (abn) { PyDict_SetItemString(d, "abn", abn); Py_DECREF(abn); }
+    }
+    return d;
 }
 
 static PyObject *Loop_run(LoopObject *self, PyObject *args) {
@@ -1121,7 +1168,9 @@ static PyObject *Loop_lanes(LoopObject *self, void *closure) {
 
 static PyMethodDef Loop_methods[] = {
     {"add_lane", (PyCFunction)(void (*)(void))Loop_add_lane, METH_VARARGS | METH_KEYWORDS,
-     "add_lane(queue_num, settings={}, *, netns_fd=-1, seed=1, copy_packet=False) -> lane index.\n"
+     "add_lane(queue_num, settings={}, *, netns_fd=-1, seed=1, copy_packet=False,\n"
+     "abn_rate_kbps=None) -> lane index. With abn_rate_kbps, pure ACKs leave with that\n"
+     "rate in their ABN option (the shim's rewrite, in C).\n"
      "Binds NFQUEUE queue_num in the network namespace of netns_fd (an open /proc/PID/ns/net)."},
     {"configure", (PyCFunction)(void (*)(void))Loop_configure, METH_VARARGS | METH_KEYWORDS,
      "configure(lane, **settings): delay_us, jitter_us, loss, reorder, gso; all or nothing."},
