@@ -194,16 +194,23 @@ class Network:
                                           script.format(intfs=" ".join(intfs), mask=mask))))
                 done = int(out.rpartition("rps:")[2].split()[0] or 0) if "rps:" in out else 0
                 if done < len(intfs):
-                    raise EmulationError(f"on {name}: RPS set on {done} of {len(intfs)} "
-                                         f"interfaces: {out.strip()[-300:]}")
+                    # No RPS here (a kernel without CONFIG_RPS, no sysfs): the delay line
+                    # still works, with one unpinned thread per core; the manifest says so.
+                    log.warning("RPS could not be set on %s (%d of %d interfaces): %s",
+                                name, done, len(intfs), out.strip()[-200:])
+                    return {"delay_line_cpus": [], "rps_mask": None,
+                            "reason": f"RPS unavailable on {name}: {out.strip()[-200:]}"}
                 count += done
         for link in self.topo.links:
             for end in link.ends:
                 if end in self.topo.switches:
                     intf = self.plan.intf(link.link_name, end).name
                     for f in Path(f"/sys/class/net/{intf}/queues").glob("rx-*/rps_cpus"):
-                        f.write_text(mask)
-                        count += 1
+                        try:
+                            f.write_text(mask)
+                            count += 1
+                        except OSError as exc:
+                            log.warning("RPS on switch port %s: %s", intf, exc)
         return {"delay_line_cpus": line_cpus, "rps_mask": mask, "interfaces": count}
 
     def _start_delay_lines(self, dirs: list[Direction]) -> None:
