@@ -489,9 +489,9 @@ static int config_data_cb(const struct nlmsghdr *nlh, void *data) {
 }
 
 static int nl_config(lane_t *l, struct nlmsghdr *nlh) {
-    static uint32_t seq = 1;
+    static uint32_t seq = 1; /* shared by every loop thread of the process */
     nlh->nlmsg_flags |= NLM_F_ACK;
-    nlh->nlmsg_seq = seq++;
+    nlh->nlmsg_seq = __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED);
     if (mnl_socket_sendto(l->nl, nlh, nlh->nlmsg_len) < 0) return -1;
     char buf[8192];
     for (;;) {
