@@ -407,6 +407,118 @@ static int abn_write_rate(uint8_t *pkt, uint32_t len, uint32_t cap, uint32_t rat
     return outcome;
 }
 
+/* ---------------------------------------------------------------- ABN flow accounting */
+/*
+ * What the shim's per-packet loop keeps per flow between two periods T, and the rate it
+ * writes back: per data direction (the sender's address and port first) the payload,
+ * packets, wire bytes and ACKs seen since the last take, and the rate Python's allocator
+ * set. Python's abn.flows.FlowTable stays the flow table of the paper (timers, declared
+ * sizes, expiry decisions); this is the per-packet half it reads every period. Open
+ * addressing with linear probing and backward-shift deletion; `max` flows at most (the
+ * table never holds more than half its slots), so its memory is bounded.
+ */
+typedef struct {
+    uint32_t saddr, daddr;
+    uint16_t sport, dport;
+    uint8_t used, fin, has_rate;
+    uint32_t rate_kbps;
+    uint64_t payload, pkts, wire, acks;
+    int64_t last_data_ns;
+} fent_t;
+
+typedef struct {
+    fent_t *t;
+    uint32_t cap, n, max;
+    uint64_t nontcp_bytes, ctrl_bytes, untracked_pkts, untracked_bytes, no_rate;
+} ftab_t;
+
+static int ftab_init(ftab_t *f, uint32_t max_flows) {
+    memset(f, 0, sizeof(*f));
+    uint32_t cap = 16;
+    while (cap < 2 * max_flows) cap <<= 1;
+    f->t = calloc(cap, sizeof(fent_t));
+    if (!f->t) return -1;
+    f->cap = cap;
+    f->max = max_flows;
+    return 0;
+}
+
+static inline uint32_t fhash(uint32_t sa, uint32_t da, uint16_t sp, uint16_t dp) {
+    uint64_t h = ((uint64_t)sa << 32 | da) * 0x9e3779b97f4a7c15ULL;
+    h ^= ((uint64_t)sp << 16 | dp) * 0xbf58476d1ce4e5b9ULL;
+    return (uint32_t)(h >> 32);
+}
+
+static fent_t *ftab_find(ftab_t *f, uint32_t sa, uint32_t da, uint16_t sp, uint16_t dp,
+                         int insert) {
+    uint32_t m = f->cap - 1, i = fhash(sa, da, sp, dp) & m;
+    for (;;) {
+        fent_t *e = &f->t[i];
+        if (!e->used) {
+            if (!insert || f->n >= f->max) return NULL;
+            memset(e, 0, sizeof(*e));
+            e->used = 1;
+            e->saddr = sa; e->daddr = da; e->sport = sp; e->dport = dp;
+            f->n++;
+            return e;
+        }
+        if (e->saddr == sa && e->daddr == da && e->sport == sp && e->dport == dp) return e;
+        i = (i + 1) & m;
+    }
+}
+
+static void ftab_delete_at(ftab_t *f, uint32_t i) {
+    uint32_t m = f->cap - 1, j = i;
+    f->t[i].used = 0;
+    f->n--;
+    for (;;) { /* backward-shift: move later entries of the run into the hole */
+        j = (j + 1) & m;
+        if (!f->t[j].used) return;
+        uint32_t home = fhash(f->t[j].saddr, f->t[j].daddr, f->t[j].sport, f->t[j].dport) & m;
+        if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+            f->t[i] = f->t[j];
+            f->t[j].used = 0;
+            i = j;
+        }
+    }
+}
+
+/* Account one packet (copied bytes `pkt`, `caplen` of them). For a pure ACK, returns the
+ * data flow it acknowledges (or NULL) and sets *pure_ack. */
+static fent_t *ftab_account(ftab_t *f, const uint8_t *pkt, uint32_t caplen, int64_t now,
+                            int *pure_ack) {
+    *pure_ack = 0;
+    if (caplen < 20 || pkt[0] >> 4 != 4) return NULL;
+    uint32_t ihl = (uint32_t)(pkt[0] & 0x0f) * 4, wire = (uint32_t)(pkt[2] << 8 | pkt[3]);
+    if (ihl < 20 || wire < ihl) return NULL;
+    if (pkt[9] != 6) { f->nontcp_bytes += wire; return NULL; }
+    if (caplen < ihl + 20 || wire < ihl + 20 || ((pkt[6] << 8 | pkt[7]) & 0x1fff)) return NULL;
+    const uint8_t *tcp = pkt + ihl;
+    uint32_t doff = (uint32_t)(tcp[12] >> 4) * 4;
+    if (doff < 20 || ihl + doff > wire) return NULL;
+    uint32_t sa, da;
+    memcpy(&sa, pkt + 12, 4);
+    memcpy(&da, pkt + 16, 4);
+    uint16_t sp = (uint16_t)(tcp[0] << 8 | tcp[1]), dp = (uint16_t)(tcp[2] << 8 | tcp[3]);
+    uint8_t flags = tcp[13];
+    uint32_t payload = wire - ihl - doff;
+    if ((flags & 0x10) && !(flags & 0x07) && payload == 0) {
+        *pure_ack = 1;
+        f->ctrl_bytes += wire;
+        fent_t *e = ftab_find(f, da, sa, dp, sp, 0); /* the data flow: reverse key */
+        if (e) e->acks++;
+        return e;
+    }
+    fent_t *e = ftab_find(f, sa, da, sp, dp, 1);
+    if (!e) { f->untracked_pkts++; f->untracked_bytes += wire; return NULL; }
+    e->payload += payload;
+    e->pkts++;
+    e->wire += wire;
+    e->last_data_ns = now;
+    if (flags & 0x05) e->fin = 1;
+    return e;
+}
+
 /* ---------------------------------------------------------------- lanes */
 
 typedef int (*rewrite_fn)(void *ctx, uint8_t *pkt, uint32_t len, uint32_t cap);
@@ -1306,6 +1418,170 @@ static PyTypeObject SchedType = {
     .tp_methods = Sched_methods,
 };
 
+/* ---------------------------------------------------------------- Python: AbnTable */
+
+typedef struct {
+    PyObject_HEAD
+    ftab_t f;
+} AbnTableObject;
+
+static int AbnTable_init(AbnTableObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"max_flows", NULL};
+    unsigned int max_flows = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|I", kwlist, &max_flows)) return -1;
+    if (max_flows < 1 || max_flows > (1u << 22)) {
+        PyErr_SetString(PyExc_ValueError, "max_flows must be 1..4194304");
+        return -1;
+    }
+    free(self->f.t);
+    if (ftab_init(&self->f, max_flows) < 0) { PyErr_NoMemory(); return -1; }
+    return 0;
+}
+
+static void AbnTable_dealloc(AbnTableObject *self) {
+    free(self->f.t);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* feed(packet, now_ns) -> (packet, outcome): account it and, for a pure ACK whose data
+ * flow has a rate, write that rate ("no_rate" when it has none yet). */
+static PyObject *AbnTable_feed(AbnTableObject *self, PyObject *args) {
+    PyObject *packet;
+    long long now;
+    if (!PyArg_ParseTuple(args, "SL", &packet, &now)) return NULL;
+    Py_ssize_t len = PyBytes_GET_SIZE(packet);
+    const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(packet);
+    int pure;
+    fent_t *e = ftab_account(&self->f, data, len > 65535 ? 65535 : (uint32_t)len, now, &pure);
+    if (!pure) return Py_BuildValue("(Os)", packet, "not_pure_ack");
+    if (!e || !e->has_rate) {
+        self->f.no_rate++;
+        return Py_BuildValue("(Os)", packet, "no_rate");
+    }
+    uint8_t buf[65535 + 64];
+    memcpy(buf, data, (size_t)len);
+    uint32_t nlen;
+    int r = abn_write_rate(buf, (uint32_t)len, sizeof(buf), e->rate_kbps, &nlen);
+    if (r != ABN_WRITTEN && r != ABN_REPLACED)
+        return Py_BuildValue("(Os)", packet, abn_outcome_names[r]);
+    return Py_BuildValue("(y#s)", (const char *)buf, (Py_ssize_t)nlen, abn_outcome_names[r]);
+}
+
+static int parse_key(PyObject *key, uint32_t *sa, uint16_t *sp, uint32_t *da, uint16_t *dp) {
+    const char *s, *d;
+    int sport, dport;
+    if (!PyArg_ParseTuple(key, "sisi", &s, &sport, &d, &dport)) return -1;
+    struct in_addr a, b;
+    if (inet_pton(AF_INET, s, &a) != 1 || inet_pton(AF_INET, d, &b) != 1 ||
+        sport < 0 || sport > 65535 || dport < 0 || dport > 65535) {
+        PyErr_Format(PyExc_ValueError, "bad flow key %R", key);
+        return -1;
+    }
+    *sa = a.s_addr; *da = b.s_addr; *sp = (uint16_t)sport; *dp = (uint16_t)dport;
+    return 0;
+}
+
+/* set_rates({(src, sport, dst, dport): kbps}): these flows' rates; every other flow's
+ * rate is cleared (the allocator speaks for all flows each period). */
+static PyObject *AbnTable_set_rates(AbnTableObject *self, PyObject *args) {
+    PyObject *rates;
+    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &rates)) return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(rates, &pos, &k, &v)) { /* check everything before changing anything */
+        uint32_t sa, da; uint16_t sp, dp;
+        if (!PyTuple_Check(k) || parse_key(k, &sa, &sp, &da, &dp) < 0) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "bad flow key %R", k);
+            return NULL;
+        }
+        long long r = PyLong_AsLongLong(v);
+        if (r == -1 && PyErr_Occurred()) return NULL;
+        if (r < 0 || r > 0xffffffffLL) return PyErr_Format(PyExc_ValueError, "rate %lld out of range", r);
+    }
+    for (uint32_t i = 0; i < self->f.cap; i++) self->f.t[i].has_rate = 0;
+    pos = 0;
+    uint32_t missing = 0;
+    while (PyDict_Next(rates, &pos, &k, &v)) {
+        uint32_t sa, da; uint16_t sp, dp;
+        parse_key(k, &sa, &sp, &da, &dp);
+        fent_t *e = ftab_find(&self->f, sa, da, sp, dp, 0);
+        if (!e) { missing++; continue; }
+        e->rate_kbps = (uint32_t)PyLong_AsLongLong(v);
+        e->has_rate = 1;
+    }
+    return PyLong_FromUnsignedLong(missing);
+}
+
+/* take(now_ns, idle_ns) -> {"flows": [...], period totals}: what was seen since the last
+ * take (counters reset), then flows idle for longer than idle_ns are dropped. */
+static PyObject *AbnTable_take(AbnTableObject *self, PyObject *args) {
+    long long now, idle;
+    if (!PyArg_ParseTuple(args, "LL", &now, &idle)) return NULL;
+    ftab_t *f = &self->f;
+    PyObject *flows = PyList_New(0);
+    if (!flows) return NULL;
+    for (uint32_t i = 0; i < f->cap; i++) {
+        fent_t *e = &f->t[i];
+        if (!e->used) continue;
+        char s[INET_ADDRSTRLEN], d[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &e->saddr, s, sizeof(s));
+        inet_ntop(AF_INET, &e->daddr, d, sizeof(d));
+        PyObject *row = Py_BuildValue(
+            "{s:(sisi),s:K,s:K,s:K,s:K,s:L,s:O,s:N}", "key", s, e->sport, d, e->dport,
+            "payload", e->payload, "packets", e->pkts, "wire", e->wire, "acks", e->acks,
+            "last_data_ns", e->last_data_ns, "fin", e->fin ? Py_True : Py_False,
+            "rate_kbps", e->has_rate ? PyLong_FromUnsignedLong(e->rate_kbps) : (Py_INCREF(Py_None), Py_None));
+        if (!row || PyList_Append(flows, row) < 0) { Py_XDECREF(row); Py_DECREF(flows); return NULL; }
+        Py_DECREF(row);
+        e->payload = e->pkts = e->wire = e->acks = 0;
+    }
+    PyObject *out = Py_BuildValue("{s:N,s:K,s:K,s:K,s:K,s:K,s:I}", "flows", flows,
+                                  "non_tcp_bytes", f->nontcp_bytes, "control_bytes", f->ctrl_bytes,
+                                  "untracked_packets", f->untracked_pkts,
+                                  "untracked_bytes", f->untracked_bytes, "no_rate", f->no_rate,
+                                  "tracked", f->n);
+    f->nontcp_bytes = f->ctrl_bytes = f->untracked_pkts = f->untracked_bytes = f->no_rate = 0;
+    for (uint32_t i = 0; i < f->cap;) { /* drop idle flows (deletion may shift into i) */
+        fent_t *e = &f->t[i];
+        if (e->used && now - e->last_data_ns > idle) { ftab_delete_at(f, i); continue; }
+        i++;
+    }
+    return out;
+}
+
+static PyObject *AbnTable_len(AbnTableObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLong(self->f.n);
+}
+
+static PyMethodDef AbnTable_methods[] = {
+    {"feed", (PyCFunction)AbnTable_feed, METH_VARARGS,
+     "feed(packet, now_ns) -> (packet, outcome): account a packet; rewrite a pure ACK"},
+    {"set_rates", (PyCFunction)AbnTable_set_rates, METH_VARARGS,
+     "set_rates({(src, sport, dst, dport): kbps}) -> flows not found; clears the others"},
+    {"take", (PyCFunction)AbnTable_take, METH_VARARGS,
+     "take(now_ns, idle_ns) -> per-flow and period counters since the last take"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef AbnTable_getset[] = {
+    {"tracked", (getter)AbnTable_len, NULL, "flows held", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject AbnTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "abn._nfqloop.AbnTable",
+    .tp_basicsize = sizeof(AbnTableObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The shim's per-packet flow accounting and rates, without a kernel.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)AbnTable_init,
+    .tp_dealloc = (destructor)AbnTable_dealloc,
+    .tp_methods = AbnTable_methods,
+    .tp_getset = AbnTable_getset,
+};
+
 static PyObject *mod_uniforms(PyObject *m, PyObject *args) {
     (void)m;
     unsigned long long seed;
@@ -1350,7 +1626,9 @@ static struct PyModuleDef moddef = {
 };
 
 PyMODINIT_FUNC PyInit__nfqloop(void) {
-    if (PyType_Ready(&LoopType) < 0 || PyType_Ready(&SchedType) < 0) return NULL;
+    if (PyType_Ready(&LoopType) < 0 || PyType_Ready(&SchedType) < 0 ||
+        PyType_Ready(&AbnTableType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     NfqError = PyErr_NewException("abn._nfqloop.NfqError", PyExc_OSError, NULL);
@@ -1358,6 +1636,8 @@ PyMODINIT_FUNC PyInit__nfqloop(void) {
     Py_INCREF(&SchedType);
     PyModule_AddObject(m, "Loop", (PyObject *)&LoopType);
     PyModule_AddObject(m, "Scheduler", (PyObject *)&SchedType);
+    Py_INCREF(&AbnTableType);
+    PyModule_AddObject(m, "AbnTable", (PyObject *)&AbnTableType);
     PyModule_AddObject(m, "NfqError", NfqError);
     PyModule_AddIntConstant(m, "LATE_US", LATE_NS / 1000);
     PyModule_AddIntConstant(m, "MAX_LEAD_US", MAX_LEAD_NS / 1000);
