@@ -63,13 +63,14 @@ def test_idle_flows_expire_and_fin_is_seen():
     t.feed(data_pkt(flags=ACK | FIN, key=other), 50 * MS)
     snap = t.take(100 * MS, 60 * MS)  # the first is 100 ms idle, the second 50 ms
     assert {tuple(f["key"]): f["fin"] for f in snap["flows"]} == {DATA: False, other: True}
-    assert t.tracked == 1 and [tuple(f["key"]) for f in t.take(101 * MS, 60 * MS)["flows"]] == [other]
+    left = [tuple(f["key"]) for f in t.take(101 * MS, 60 * MS)["flows"]]
+    assert t.tracked == 1 and left == [other]
 
 
 def test_the_table_is_bounded_and_counts_what_it_could_not_track():
     t = _nfqloop.AbnTable(max_flows=4)
     for i in range(6):
-        t.feed(data_pkt(100, key=("10.0.1.%d" % i, 1000 + i, "10.0.0.2", 5201)), 0)
+        t.feed(data_pkt(100, key=(f"10.0.1.{i}", 1000 + i, "10.0.0.2", 5201)), 0)
     snap = t.take(0, 10**12)
     assert len(snap["flows"]) == 4 and snap["untracked_packets"] == 2
     with pytest.raises(ValueError):
@@ -87,7 +88,7 @@ def test_insertions_and_expiry_agree_with_a_dict_model():
     for step in range(4000):
         now += rnd.randrange(0, 3 * MS)
         if rnd.random() < 0.9:
-            key = ("10.1.%d.%d" % (rnd.randrange(4), rnd.randrange(60)), rnd.randrange(3),
+            key = (f"10.1.{rnd.randrange(4)}.{rnd.randrange(60)}", rnd.randrange(3),
                    "10.0.0.2", 5201)
             if key in model or len(model) < 256:
                 model[key] = now
