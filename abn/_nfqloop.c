@@ -519,6 +519,51 @@ static fent_t *ftab_account(ftab_t *f, const uint8_t *pkt, uint32_t caplen, int6
     return e;
 }
 
+/* A copy of the table for Python, taken (and the period reset, idle flows dropped) by
+ * whoever owns the table: the loop thread for a lane, the caller for an AbnTable. */
+struct fsnap {
+    fent_t *flows;
+    uint32_t n;
+    uint64_t nontcp_bytes, ctrl_bytes, untracked_pkts, untracked_bytes, no_rate;
+    uint32_t tracked;
+};
+struct frate { uint32_t sa, da; uint16_t sp, dp; uint32_t kbps; };
+
+static struct fsnap *ftab_snapshot(ftab_t *f, int64_t now, int64_t idle) {
+    struct fsnap *sn = calloc(1, sizeof(*sn));
+    if (!sn) return NULL;
+    sn->flows = malloc((f->n ? f->n : 1) * sizeof(fent_t));
+    if (!sn->flows) { free(sn); return NULL; }
+    for (uint32_t i = 0; i < f->cap; i++) {
+        fent_t *e = &f->t[i];
+        if (!e->used) continue;
+        sn->flows[sn->n++] = *e;
+        e->payload = e->pkts = e->wire = e->acks = 0;
+    }
+    sn->nontcp_bytes = f->nontcp_bytes; sn->ctrl_bytes = f->ctrl_bytes;
+    sn->untracked_pkts = f->untracked_pkts; sn->untracked_bytes = f->untracked_bytes;
+    sn->no_rate = f->no_rate; sn->tracked = f->n;
+    f->nontcp_bytes = f->ctrl_bytes = f->untracked_pkts = f->untracked_bytes = f->no_rate = 0;
+    for (uint32_t i = 0; i < f->cap;) { /* drop idle flows (deletion may shift into i) */
+        fent_t *e = &f->t[i];
+        if (e->used && now - e->last_data_ns > idle) { ftab_delete_at(f, i); continue; }
+        i++;
+    }
+    return sn;
+}
+
+static uint32_t ftab_set_rates(ftab_t *f, const struct frate *r, uint32_t n) {
+    for (uint32_t i = 0; i < f->cap; i++) f->t[i].has_rate = 0;
+    uint32_t missing = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        fent_t *e = ftab_find(f, r[k].sa, r[k].da, r[k].sp, r[k].dp, 0);
+        if (!e) { missing++; continue; }
+        e->rate_kbps = r[k].kbps;
+        e->has_rate = 1;
+    }
+    return missing;
+}
+
 /* ---------------------------------------------------------------- lanes */
 
 typedef int (*rewrite_fn)(void *ctx, uint8_t *pkt, uint32_t len, uint32_t cap);
@@ -537,9 +582,16 @@ typedef struct {
     int have_id;
     rewrite_fn rewrite;
     void *rewrite_ctx;
-    int abn;                  /* an ABN lane: pure ACKs get the rate below written in */
-    uint32_t abn_rate_kbps;
+    int abn;                  /* an ABN lane: pure ACKs get a rate written in */
+    uint32_t abn_rate_kbps;   /* the fixed rate, or (with ftab) the current ACK's flow's */
     uint64_t abn_outcomes[ABN_OUTCOMES];
+    ftab_t *ftab;             /* per-flow accounting and rates (set by the shim each T) */
+    /* a table operation from Python, done by the loop thread (which owns ftab) */
+    volatile int abn_op;      /* 0 none, 1 snapshot, 2 set rates */
+    int64_t op_now, op_idle;
+    struct fsnap *op_snap;
+    struct frate *op_rates;
+    uint32_t op_nrates, op_missing;
     int closed;
     /* settings change from Python, applied by the loop thread (which owns the lane) */
     volatile int pending;
@@ -691,7 +743,20 @@ static void lane_handle_packet(lane_t *l, const struct nlmsghdr *nlh, int64_t no
     l->have_id = 1;
     uint8_t *copy = NULL;
     uint32_t clen = 0;
-    if (l->rewrite && attr[NFQA_PAYLOAD] && l->abn && attr[NFQA_CAP_LEN] &&
+    int skip = 0;
+    if (l->ftab && attr[NFQA_PAYLOAD]) {
+        /* every packet is counted (headers suffice); only an ACK whose flow has a rate
+         * is rewritten, with that rate */
+        int pure;
+        fent_t *e = ftab_account(l->ftab, mnl_attr_get_payload(attr[NFQA_PAYLOAD]),
+                                 mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]), now, &pure);
+        if (!pure) { l->abn_outcomes[ABN_NOT_PURE_ACK]++; skip = 1; }
+        else if (!e || !e->has_rate) { l->ftab->no_rate++; skip = 1; }
+        else l->abn_rate_kbps = e->rate_kbps;
+    }
+    if (skip) {
+        /* counted above */
+    } else if (l->rewrite && attr[NFQA_PAYLOAD] && l->abn && attr[NFQA_CAP_LEN] &&
         ntohl(mnl_attr_get_u32(attr[NFQA_CAP_LEN])) > mnl_attr_get_payload_len(attr[NFQA_PAYLOAD])) {
         /* only the first ABN_COPY_RANGE bytes came: too long to be a pure ACK */
         l->abn_outcomes[ABN_NOT_PURE_ACK]++;
@@ -804,12 +869,21 @@ static void lane_apply(lane_t *l) {
     }
 }
 
+static void lane_abn_op(lane_t *l) {
+    if (l->abn_op == 1) l->op_snap = ftab_snapshot(l->ftab, l->op_now, l->op_idle);
+    else if (l->abn_op == 2) l->op_missing = ftab_set_rates(l->ftab, l->op_rates, l->op_nrates);
+}
+
 static void loop_apply_pending(LoopObject *self) {
     for (int i = 0; i < self->nlanes; i++) {
         lane_t *l = self->lanes[i];
         if (__atomic_load_n(&l->pending, __ATOMIC_ACQUIRE)) {
             lane_apply(l);
             __atomic_store_n(&l->pending, 0, __ATOMIC_RELEASE);
+        }
+        if (__atomic_load_n(&l->abn_op, __ATOMIC_ACQUIRE)) {
+            lane_abn_op(l);
+            __atomic_store_n(&l->abn_op, 0, __ATOMIC_RELEASE);
         }
     }
 }
@@ -944,6 +1018,7 @@ static void lane_close(lane_t *l) {
         l->nl = NULL;
     }
     sched_free(&l->s);
+    if (l->ftab) { free(l->ftab->t); free(l->ftab); l->ftab = NULL; }
     free(l->vbuf);
     l->vbuf = NULL;
     l->closed = 1;
@@ -1014,7 +1089,7 @@ static int parse_settings(sched_t *s, PyObject *kw, int *gso) {
 static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"queue_num", "netns_fd", "seed", "copy_packet", NULL};
     int queue_num, netns_fd = -1, copy_packet = 0;
-    long long abn_rate = -1;
+    long long abn_rate = -1, abn_flows = 0;
     unsigned long long seed = 1;
     PyObject *settings = NULL;
     if (!PyArg_ParseTuple(args, "i|O!", &queue_num, &PyDict_Type, &settings)) return NULL;
@@ -1024,6 +1099,13 @@ static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
         if ((v = PyDict_GetItemString(kw, "netns_fd"))) netns_fd = (int)PyLong_AsLong(v);
         if ((v = PyDict_GetItemString(kw, "seed"))) seed = PyLong_AsUnsignedLongLongMask(v);
         if ((v = PyDict_GetItemString(kw, "copy_packet"))) copy_packet = PyObject_IsTrue(v);
+        if ((v = PyDict_GetItemString(kw, "abn_max_flows")) && v != Py_None) {
+            abn_flows = PyLong_AsLongLong(v);
+            if (!PyErr_Occurred() && (abn_flows < 1 || abn_flows > (1 << 22))) {
+                PyErr_SetString(PyExc_ValueError, "abn_max_flows must be 1..4194304");
+                return NULL;
+            }
+        }
         if ((v = PyDict_GetItemString(kw, "abn_rate_kbps")) && v != Py_None) {
             abn_rate = PyLong_AsLongLong(v);
             if (!PyErr_Occurred() && (abn_rate < 0 || abn_rate > 0xffffffffLL)) {
@@ -1049,6 +1131,14 @@ static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
     if (parse_settings(&l->s, settings, &l->gso) < 0) { free(l); return NULL; }
     l->vbuf = malloc(VBUF_SZ);
     if (!l->vbuf) { free(l); return PyErr_NoMemory(); }
+    if (abn_flows > 0) {
+        l->ftab = malloc(sizeof(ftab_t));
+        if (!l->ftab || ftab_init(l->ftab, (uint32_t)abn_flows) < 0) {
+            free(l->ftab); free(l->vbuf); free(l);
+            return PyErr_NoMemory();
+        }
+        if (abn_rate < 0) abn_rate = 0; /* unused: each ACK gets its flow's rate */
+    }
     if (abn_rate >= 0) {
         l->abn = 1;
         l->abn_rate_kbps = (uint32_t)abn_rate;
@@ -1265,6 +1355,82 @@ static PyObject *Loop_close(LoopObject *self, PyObject *noargs) {
     Py_RETURN_NONE;
 }
 
+static struct frate *parse_rates(PyObject *rates, uint32_t *n);
+static PyObject *snap_to_py(struct fsnap *sn);
+static void snap_free(struct fsnap *sn);
+
+/* Run an ABN table operation on a lane: by the loop thread when it runs (it owns the
+ * table), else here. */
+static int lane_abn_call(LoopObject *self, lane_t *l, int op) {
+    if (!self->thread_running) {
+        l->abn_op = op;
+        lane_abn_op(l);
+        l->abn_op = 0;
+        return 0;
+    }
+    __atomic_store_n(&l->abn_op, op, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write(self->wake_fd, &one, sizeof(one)) < 0) { /* the loop polls abn_op anyway */ }
+    int k = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (; k < 200000 && __atomic_load_n(&l->abn_op, __ATOMIC_ACQUIRE); k++) usleep(25);
+    Py_END_ALLOW_THREADS
+    if (__atomic_load_n(&l->abn_op, __ATOMIC_ACQUIRE)) {
+        PyErr_SetString(NfqError, "the loop thread did not answer in 5 s");
+        return -1;
+    }
+    return 0;
+}
+
+static lane_t *get_abn_lane(LoopObject *self, int i) {
+    lane_t *l = get_lane(self, i);
+    if (l && !l->ftab) {
+        PyErr_Format(PyExc_ValueError, "lane %d keeps no flow table (abn_max_flows)", i);
+        return NULL;
+    }
+    return l;
+}
+
+static PyObject *Loop_abn_take(LoopObject *self, PyObject *args) {
+    int i;
+    double idle_s;
+    if (!PyArg_ParseTuple(args, "id", &i, &idle_s)) return NULL;
+    lane_t *l = get_abn_lane(self, i);
+    if (!l) return NULL;
+    l->op_now = mono_ns();
+    l->op_idle = (int64_t)(idle_s * 1e9);
+    l->op_snap = NULL;
+    if (lane_abn_call(self, l, 1) < 0) return NULL;
+    if (!l->op_snap) return PyErr_NoMemory();
+    PyObject *out = snap_to_py(l->op_snap);
+    snap_free(l->op_snap);
+    l->op_snap = NULL;
+    if (out) {
+        PyObject *t = PyLong_FromLongLong(l->op_now);
+        PyDict_SetItemString(out, "now_ns", t);
+        Py_XDECREF(t);
+    }
+    return out;
+}
+
+static PyObject *Loop_abn_set_rates(LoopObject *self, PyObject *args) {
+    int i;
+    PyObject *rates;
+    if (!PyArg_ParseTuple(args, "iO", &i, &rates)) return NULL;
+    lane_t *l = get_abn_lane(self, i);
+    if (!l) return NULL;
+    uint32_t n;
+    struct frate *r = parse_rates(rates, &n);
+    if (!r) return NULL;
+    l->op_rates = r;
+    l->op_nrates = n;
+    int rc = lane_abn_call(self, l, 2);
+    free(r);
+    l->op_rates = NULL;
+    if (rc < 0) return NULL;
+    return PyLong_FromUnsignedLong(l->op_missing);
+}
+
 static PyObject *Loop_timing(LoopObject *self, PyObject *noargs) {
     (void)noargs;
     return Py_BuildValue("{s:L,s:K,s:O,s:d,s:i}", "wake_lead_us", self->lead_ns / 1000,
@@ -1299,6 +1465,11 @@ static PyMethodDef Loop_methods[] = {
      "configure() and stats() stay callable from Python meanwhile."},
     {"stop", (PyCFunction)Loop_stop, METH_NOARGS, "stop(): end the loop thread (lanes stay open)."},
     {"timing", (PyCFunction)Loop_timing, METH_NOARGS, "timer wake-up lead and count."},
+    {"abn_take", (PyCFunction)Loop_abn_take, METH_VARARGS,
+     "abn_take(lane, idle_s) -> what the lane's flow table saw since the last take (as\n"
+     "AbnTable.take, at the loop's clock); flows idle longer than idle_s are dropped"},
+    {"abn_set_rates", (PyCFunction)Loop_abn_set_rates, METH_VARARGS,
+     "abn_set_rates(lane, {(src, sport, dst, dport): kbps}) -> flows not found"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1481,34 +1652,72 @@ static int parse_key(PyObject *key, uint32_t *sa, uint16_t *sp, uint32_t *da, ui
     return 0;
 }
 
-/* set_rates({(src, sport, dst, dport): kbps}): these flows' rates; every other flow's
- * rate is cleared (the allocator speaks for all flows each period). */
-static PyObject *AbnTable_set_rates(AbnTableObject *self, PyObject *args) {
-    PyObject *rates;
-    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &rates)) return NULL;
-    Py_ssize_t pos = 0;
+/* {(src, sport, dst, dport): kbps} -> an array (all checked before anything changes). */
+static struct frate *parse_rates(PyObject *rates, uint32_t *n) {
+    if (!PyDict_Check(rates)) { PyErr_SetString(PyExc_TypeError, "rates must be a dict"); return NULL; }
+    Py_ssize_t cnt = PyDict_Size(rates), pos = 0;
+    struct frate *out = malloc((cnt ? cnt : 1) * sizeof(*out));
+    if (!out) { PyErr_NoMemory(); return NULL; }
     PyObject *k, *v;
-    while (PyDict_Next(rates, &pos, &k, &v)) { /* check everything before changing anything */
-        uint32_t sa, da; uint16_t sp, dp;
-        if (!PyTuple_Check(k) || parse_key(k, &sa, &sp, &da, &dp) < 0) {
+    uint32_t i = 0;
+    while (PyDict_Next(rates, &pos, &k, &v)) {
+        struct frate *r = &out[i];
+        if (!PyTuple_Check(k) || parse_key(k, &r->sa, &r->sp, &r->da, &r->dp) < 0) {
             if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "bad flow key %R", k);
+            free(out);
             return NULL;
         }
-        long long r = PyLong_AsLongLong(v);
-        if (r == -1 && PyErr_Occurred()) return NULL;
-        if (r < 0 || r > 0xffffffffLL) return PyErr_Format(PyExc_ValueError, "rate %lld out of range", r);
+        long long kb = PyLong_AsLongLong(v);
+        if ((kb == -1 && PyErr_Occurred()) || kb < 0 || kb > 0xffffffffLL) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "rate %lld out of range", kb);
+            free(out);
+            return NULL;
+        }
+        r->kbps = (uint32_t)kb;
+        i++;
     }
-    for (uint32_t i = 0; i < self->f.cap; i++) self->f.t[i].has_rate = 0;
-    pos = 0;
-    uint32_t missing = 0;
-    while (PyDict_Next(rates, &pos, &k, &v)) {
-        uint32_t sa, da; uint16_t sp, dp;
-        parse_key(k, &sa, &sp, &da, &dp);
-        fent_t *e = ftab_find(&self->f, sa, da, sp, dp, 0);
-        if (!e) { missing++; continue; }
-        e->rate_kbps = (uint32_t)PyLong_AsLongLong(v);
-        e->has_rate = 1;
+    *n = i;
+    return out;
+}
+
+static PyObject *snap_to_py(struct fsnap *sn) {
+    PyObject *flows = PyList_New(0);
+    if (!flows) return NULL;
+    for (uint32_t i = 0; i < sn->n; i++) {
+        fent_t *e = &sn->flows[i];
+        char a[INET_ADDRSTRLEN], b[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &e->saddr, a, sizeof(a));
+        inet_ntop(AF_INET, &e->daddr, b, sizeof(b));
+        PyObject *rate = e->has_rate ? PyLong_FromUnsignedLong(e->rate_kbps)
+                                     : (Py_INCREF(Py_None), Py_None);
+        PyObject *row = Py_BuildValue(
+            "{s:(sisi),s:K,s:K,s:K,s:K,s:L,s:O,s:N}", "key", a, e->sport, b, e->dport,
+            "payload", e->payload, "packets", e->pkts, "wire", e->wire, "acks", e->acks,
+            "last_data_ns", e->last_data_ns, "fin", e->fin ? Py_True : Py_False, "rate_kbps", rate);
+        if (!row || PyList_Append(flows, row) < 0) { Py_XDECREF(row); Py_DECREF(flows); return NULL; }
+        Py_DECREF(row);
     }
+    return Py_BuildValue("{s:N,s:K,s:K,s:K,s:K,s:K,s:I}", "flows", flows,
+                         "non_tcp_bytes", sn->nontcp_bytes, "control_bytes", sn->ctrl_bytes,
+                         "untracked_packets", sn->untracked_pkts,
+                         "untracked_bytes", sn->untracked_bytes, "no_rate", sn->no_rate,
+                         "tracked", sn->tracked);
+}
+
+static void snap_free(struct fsnap *sn) {
+    if (sn) { free(sn->flows); free(sn); }
+}
+
+/* set_rates({(src, sport, dst, dport): kbps}) -> flows not found. Every other flow's rate
+ * is cleared: the allocator speaks for all flows each period. */
+static PyObject *AbnTable_set_rates(AbnTableObject *self, PyObject *args) {
+    PyObject *rates;
+    if (!PyArg_ParseTuple(args, "O", &rates)) return NULL;
+    uint32_t n;
+    struct frate *r = parse_rates(rates, &n);
+    if (!r) return NULL;
+    uint32_t missing = ftab_set_rates(&self->f, r, n);
+    free(r);
     return PyLong_FromUnsignedLong(missing);
 }
 
@@ -1517,35 +1726,10 @@ static PyObject *AbnTable_set_rates(AbnTableObject *self, PyObject *args) {
 static PyObject *AbnTable_take(AbnTableObject *self, PyObject *args) {
     long long now, idle;
     if (!PyArg_ParseTuple(args, "LL", &now, &idle)) return NULL;
-    ftab_t *f = &self->f;
-    PyObject *flows = PyList_New(0);
-    if (!flows) return NULL;
-    for (uint32_t i = 0; i < f->cap; i++) {
-        fent_t *e = &f->t[i];
-        if (!e->used) continue;
-        char s[INET_ADDRSTRLEN], d[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &e->saddr, s, sizeof(s));
-        inet_ntop(AF_INET, &e->daddr, d, sizeof(d));
-        PyObject *row = Py_BuildValue(
-            "{s:(sisi),s:K,s:K,s:K,s:K,s:L,s:O,s:N}", "key", s, e->sport, d, e->dport,
-            "payload", e->payload, "packets", e->pkts, "wire", e->wire, "acks", e->acks,
-            "last_data_ns", e->last_data_ns, "fin", e->fin ? Py_True : Py_False,
-            "rate_kbps", e->has_rate ? PyLong_FromUnsignedLong(e->rate_kbps) : (Py_INCREF(Py_None), Py_None));
-        if (!row || PyList_Append(flows, row) < 0) { Py_XDECREF(row); Py_DECREF(flows); return NULL; }
-        Py_DECREF(row);
-        e->payload = e->pkts = e->wire = e->acks = 0;
-    }
-    PyObject *out = Py_BuildValue("{s:N,s:K,s:K,s:K,s:K,s:K,s:I}", "flows", flows,
-                                  "non_tcp_bytes", f->nontcp_bytes, "control_bytes", f->ctrl_bytes,
-                                  "untracked_packets", f->untracked_pkts,
-                                  "untracked_bytes", f->untracked_bytes, "no_rate", f->no_rate,
-                                  "tracked", f->n);
-    f->nontcp_bytes = f->ctrl_bytes = f->untracked_pkts = f->untracked_bytes = f->no_rate = 0;
-    for (uint32_t i = 0; i < f->cap;) { /* drop idle flows (deletion may shift into i) */
-        fent_t *e = &f->t[i];
-        if (e->used && now - e->last_data_ns > idle) { ftab_delete_at(f, i); continue; }
-        i++;
-    }
+    struct fsnap *sn = ftab_snapshot(&self->f, now, idle);
+    if (!sn) return PyErr_NoMemory();
+    PyObject *out = snap_to_py(sn);
+    snap_free(sn);
     return out;
 }
 

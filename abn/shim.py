@@ -1,0 +1,185 @@
+"""The ABN middlebox shim: every period T, each flow's share of the link, written into the
+pure ACKs that flow back to its sender.
+
+The per-packet half runs compiled (an ABN lane of `abn._nfqloop`: every forwarded TCP
+packet is counted per flow, every pure ACK gets its data flow's rate written in its ABN
+option). This process is the other half, at period T: it reads what the lane counted,
+keeps the paper's flow table (`abn.flows.FlowTable`: timers, data seen, expiry), computes
+C_r (capacity minus non-TCP and control traffic, the paper's equation 1), asks the
+allocator (Algorithm 1 by default) for each flow's rate and hands the rates back to the
+lane. One JSON line per period goes to the records file as it happens.
+
+Fail-open: the NFQUEUE rule carries --queue-bypass and the queue F_FAIL_OPEN, so traffic
+passes unchanged when the shim is absent, behind or dead; a packet is never dropped by it.
+
+    python -m abn.shim --queue 7 --capacity-bps 40e6 [--period 0.1] [--allocator average]
+        [--idle 1.0] [--records shim.jsonl] [--iptables]
+`--iptables` installs (and on exit removes) the FORWARD rule in this namespace itself.
+End of stdin or SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+from abn.allocators import get_allocator, residual_capacity
+from abn.flows import FlowKey, FlowTable
+from abn.options import kbps_from_bps
+
+
+@dataclass(frozen=True)
+class ShimConfig:
+    queue: int
+    capacity_bps: float
+    """C: the capacity of the link the shim governs (bit/s on the wire)."""
+    period_s: float = 0.1
+    """T: how often shares are recomputed (the paper's slot)."""
+    allocator: str = "average"
+    idle_s: float = 1.0
+    """A flow whose sender sent nothing for this long is done."""
+    max_flows: int = 4096
+
+    def __post_init__(self) -> None:
+        if not self.capacity_bps > 0:
+            raise ValueError(f"capacity must be positive, got {self.capacity_bps} bit/s")
+        if not 0.001 <= self.period_s <= 10:
+            raise ValueError(f"period must be 1 ms..10 s, got {self.period_s} s")
+        if not self.idle_s >= self.period_s:
+            raise ValueError(f"idle timeout {self.idle_s} s is shorter than a period")
+        get_allocator(self.allocator)  # an unknown name fails here, naming the known ones
+
+
+class Shim:
+    """The lane, the flow table and the allocator, stepped once per period."""
+
+    def __init__(self, cfg: ShimConfig, records: IO[str] | None) -> None:
+        from abn import _nfqloop
+
+        self.cfg = cfg
+        self.records = records
+        self.table = FlowTable(cfg.max_flows)
+        self.allocator = get_allocator(cfg.allocator)
+        self.loop = _nfqloop.Loop()
+        self.lane = self.loop.add_lane(cfg.queue, {"delay_us": 0},
+                                       abn_max_flows=cfg.max_flows)
+
+    def step(self) -> dict[str, Any]:
+        """One period: read the lane's counts, update the table, allocate, hand back."""
+        cfg = self.cfg
+        snap = self.loop.abn_take(self.lane, cfg.idle_s)
+        now = snap["now_ns"] / 1e9
+        for f in snap["flows"]:
+            if f["packets"]:
+                self.table.observe(FlowKey(*f["key"]), now, f["payload"], False,
+                                   wire_bytes=f["wire"])
+        self.table.expire(now, cfg.idle_s)
+        self.table.take_period()
+        c_r = residual_capacity(cfg.capacity_bps, snap["non_tcp_bytes"] * 8 / cfg.period_s,
+                                snap["control_bytes"] * 8 / cfg.period_s)
+        # The flows that compete: those that sent data in this period. The paper: a flow
+        # with no data in a period has been processed and leaves the count; its last
+        # rate stays with its sender. (SYN-ACK directions and idle control connections
+        # would otherwise take equal shares they never use.)
+        active = [v for v in self.table.views() if v.last_period_bytes > 0]
+        rates = self.allocator.allocate(active, c_r, cfg.period_s)
+        self.table.set_rates(rates)
+        missing = self.loop.abn_set_rates(
+            self.lane, {(k.src, k.sport, k.dst, k.dport): kbps_from_bps(r)
+                        for k, r in rates.items()})
+        rec = {"t": round(time.time(), 4), "C_bps": cfg.capacity_bps, "C_r_bps": round(c_r),
+               "non_tcp_bytes": snap["non_tcp_bytes"], "control_bytes": snap["control_bytes"],
+               "untracked_packets": snap["untracked_packets"], "no_rate": snap["no_rate"],
+               "missing": missing,
+               "flows": [{"key": list(k[:4]), "rate_bps": round(r)} for k, r in rates.items()]}
+        if self.records is not None:
+            self.records.write(json.dumps(rec) + "\n")
+            self.records.flush()
+        return rec
+
+    def run(self, control_fd: int | None) -> None:
+        self.loop.start(20)
+        try:
+            nxt = time.monotonic() + self.cfg.period_s
+            fds = [] if control_fd is None else [control_fd]
+            while True:
+                ready, _, _ = select.select(fds, [], [], max(0.0, nxt - time.monotonic()))
+                if ready and not os.read(control_fd, 4096):  # type: ignore[arg-type]
+                    return
+                if time.monotonic() >= nxt:
+                    self.step()
+                    nxt += self.cfg.period_s
+                    if nxt < time.monotonic():
+                        nxt = time.monotonic() + self.cfg.period_s
+        finally:
+            self.loop.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return self.loop.stats(self.lane)
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+def forward_rule(queue: int, action: str) -> list[str]:
+    """The FORWARD rule feeding the shim's queue; fail-open when no one listens."""
+    return ["iptables", "-w", "-t", "mangle", action, "FORWARD", "-p", "tcp", "-j", "NFQUEUE",
+            "--queue-num", str(queue), "--queue-bypass"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m abn.shim", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--queue", type=int, required=True)
+    ap.add_argument("--capacity-bps", type=float, required=True)
+    ap.add_argument("--period", type=float, default=0.1)
+    ap.add_argument("--allocator", default="average")
+    ap.add_argument("--idle", type=float, default=1.0)
+    ap.add_argument("--max-flows", type=int, default=4096)
+    ap.add_argument("--records", help="append one JSON line per period here")
+    ap.add_argument("--iptables", action="store_true", help="install the FORWARD rule too")
+    ap.add_argument("--no-control", action="store_true", help="ignore stdin")
+    args = ap.parse_args(argv)
+    try:
+        cfg = ShimConfig(args.queue, args.capacity_bps, args.period, args.allocator, args.idle,
+                         args.max_flows)
+    except ValueError as exc:
+        print(f"abn.shim: {exc}", file=sys.stderr)
+        return 2
+    records = open(args.records, "a") if args.records else None
+    shim = Shim(cfg, records)
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    if args.iptables:
+        subprocess.run(forward_rule(cfg.queue, "-A"), check=True)
+    print(f"abn.shim: queue {cfg.queue}, C={cfg.capacity_bps:.0f} bit/s, "
+          f"T={cfg.period_s} s, allocator {cfg.allocator}: ready", flush=True)
+    try:
+        shim.run(None if args.no_control else sys.stdin.fileno())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if args.iptables:
+            subprocess.run(forward_rule(cfg.queue, "-D"))
+        stats = shim.stats()
+        shim.close()
+        if records is not None:
+            records.close()
+        print(json.dumps(stats), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
