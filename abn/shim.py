@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.iptables:
             subprocess.run(forward_rule(cfg.queue, "-D"))
         stats = shim.stats()
+        t = os.times()
+        stats["cpu_s"] = round(t.user + t.system, 3)
+        stats["timing"] = shim.loop.timing()
         shim.close()
         if records is not None:
             records.close()
