@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from testbed import analysis, capabilities, health, jobs, manifest, plots, processes
+from testbed import analysis, capabilities, health, jobs, manifest, plots, processes, roles
 from testbed import chain as chain_mod
 from testbed.config import PROJECT_ROOT, LoadedExperiment
 from testbed.errors import EmulationError, ProcessFailed
@@ -178,6 +178,7 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
     events_done: list[dict[str, Any]] = []
     t0_wall = 0.0
     sampler = health.HostCpuSampler(run_dir)
+    role_list = roles.build(topo, run_dir)
     try:
         with interrupts_raise():
             net.start()
@@ -203,6 +204,9 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                 chain = chain_mod.prepare(exp, net.plan, run_dir)
                 man["chain"] = {"folder": "chain", "addresses": chain.addresses}
                 _start_validators(chain, net, running, logs)
+            for role in role_list:  # the roles' own lifecycle (testbed/roles)
+                role.start(net)
+                role.ready(timeout=20)
             t0_wall = time.time()
             man["timeline_t0_unix"] = t0_wall
             _timeline(loaded, net, running, events_done, logs, run_dir,
@@ -214,6 +218,11 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                 if r.proc.poll() is None:
                     r.stopped_by_us = True
                     _stop_process(r.proc, sig=signal.SIGTERM)
+            for role in reversed(role_list):
+                try:
+                    role.stop()
+                except Exception as exc:  # noqa: BLE001 - teardown must go on
+                    log.warning("stopping role %s: %s", role.name, exc)
             for _, proc in captures:
                 _stop_process(proc, sig=signal.SIGINT)
             try:
@@ -222,6 +231,8 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                 man["processes"] = [r.summary() for r in running.values()]
                 man["events"] = events_done
                 man["captures"] = [c for c, _ in captures]
+                if role_list:
+                    man["roles"] = {role.name: role.collect() for role in role_list}
                 man["delay_lines"] = net.delay_line_stats()
                 man["delay_line_offload"] = net.offload
                 man["commands"] = net.commands

@@ -99,6 +99,37 @@ class Shaping(Strict):
         return type(self).model_validate(data)
 
 
+class AbnSpec(Strict):
+    """An ABN shim on this host (a middlebox): it governs `link`, whose capacity it shares
+    out among the TCP flows it forwards every `period` seconds (abn/shim.py)."""
+
+    link: str
+    """The link whose capacity the shim allocates (one of this host's links)."""
+    capacity: str | float
+    """C, e.g. '40mbit' (bare numbers are Mbit/s); at most the link's rate."""
+    period: float = Field(default=0.1, ge=0.001, le=10)
+    """T, seconds."""
+    allocator: str = "average"
+    idle: float = Field(default=1.0, gt=0)
+    """Seconds without data after which a flow is done."""
+    max_flows: int = Field(default=4096, ge=1, le=1 << 22)
+
+    @property
+    def capacity_bps(self) -> float:
+        return units.parse_rate_bps(self.capacity)
+
+    @model_validator(mode="after")
+    def _sane(self) -> AbnSpec:
+        if not self.capacity_bps > 0:
+            raise ValueError(f"abn.capacity must be positive, got {self.capacity!r}")
+        if self.idle < self.period:
+            raise ValueError(f"abn.idle ({self.idle} s) is shorter than abn.period")
+        from abn.allocators import get_allocator
+
+        get_allocator(self.allocator)  # names the known allocators if unknown
+        return self
+
+
 class HostSpec(Strict):
     role: Role = "endpoint"
     forward: bool | None = None
@@ -106,6 +137,8 @@ class HostSpec(Strict):
     sysctls: dict[str, int | str] = {}
     """Per-namespace kernel settings for this host (testbed.sysctls.KNOWN lists them),
     applied after the testbed's own defaults."""
+    abn: AbnSpec | None = None
+    """Run the ABN middlebox shim here (the host must forward)."""
 
     @field_validator("sysctls")
     @classmethod
@@ -180,6 +213,20 @@ class Topology(Strict):
                     "(the userspace emulator runs in a host's namespace); put them on a link "
                     "to a host or middlebox"
                 )
+        for name, spec in self.hosts.items():
+            if spec.abn is None:
+                continue
+            if not spec.forwards:
+                raise ValueError(f"hosts.{name}.abn: {name} does not forward packets "
+                                 f"(role {spec.role!r}); the shim runs on a middlebox or "
+                                 "router")
+            governed = next((x for x in self.links if x.link_name == spec.abn.link), None)
+            if governed is None or name not in governed.ends:
+                raise ValueError(f"hosts.{name}.abn.link: {spec.abn.link!r} is not a link of "
+                                 f"{name}")
+            if governed.bw_bps is not None and spec.abn.capacity_bps > governed.bw_bps:
+                raise ValueError(f"hosts.{name}.abn.capacity ({spec.abn.capacity}) is above "
+                                 f"the rate of link {governed.link_name} ({governed.bw})")
         linked = {end for link in self.links for end in link.ends}
         lonely = sorted(set(self.hosts) - linked)
         if lonely:

@@ -1,5 +1,6 @@
-"""The ABN shim on a middlebox: two flows share the capacity it governs, and the ACKs
-that reach their sender carry each flow's share, written per flow every period."""
+"""The ABN shim on a middlebox (`abn:` on a topology host, started by the runner as a
+role): two flows share the capacity it governs, and the ACKs that reach their sender
+carry each flow's share, written per flow every period."""
 
 from __future__ import annotations
 
@@ -7,27 +8,27 @@ import json
 import shutil
 import statistics
 import subprocess
-import sys
 
 import pytest
 
-from testbed.config import PROJECT_ROOT
-
 CAPACITY = 40e6
+TOPO = {
+    "name": "abnline",
+    "hosts": {"h1": {}, "h2": {},
+              "mb": {"role": "middlebox",
+                     "abn": {"link": "path", "capacity": "40mbit", "period": 0.1}}},
+    "links": [{"name": "left", "ends": ["h1", "mb"]},
+              {"name": "path", "ends": ["mb", "h2"], "bw": "100mbit", "delay": "5ms",
+               "direction": "forward"}],
+}
 
 
 @pytest.mark.skipif(not shutil.which("tshark"), reason="needs tshark")
 def test_two_flows_are_notified_equal_shares(run_experiment) -> None:
-    shim = (f"cd {PROJECT_ROOT} && exec {sys.executable} -m abn.shim --queue 7 "
-            f"--capacity-bps {CAPACITY:.0f} --period 0.1 --iptables --no-control "
-            "--records {run_dir}/shim.jsonl")
     run_dir, man = run_experiment({
         "name": "abnshim", "duration": 7,
-        "links": {"path": {"bw": "100mbit", "delay": "5ms", "direction": "forward"}},
         "captures": [{"host": "h1", "snaplen": 200}],
         "processes": [
-            {"name": "shim", "kind": "command", "host": "mb", "required": True,
-             "command": shim},
             {"name": "srv1", "kind": "iperf3_server", "host": "h2", "port": 5201},
             {"name": "srv2", "kind": "iperf3_server", "host": "h2", "port": 5202},
             {"name": "f1", "kind": "iperf3_client", "host": "h1", "server": "h2",
@@ -35,8 +36,10 @@ def test_two_flows_are_notified_equal_shares(run_experiment) -> None:
             {"name": "f2", "kind": "iperf3_client", "host": "h1", "server": "h2",
              "port": 5202, "start": 1.0, "duration": 4, "congestion": "cubic"},
         ],
-    })
-    recs = [json.loads(line) for line in (run_dir / "shim.jsonl").read_text().splitlines()]
+    }, TOPO)
+    role = man["roles"]["abn:mb"]
+    recs = [json.loads(line) for line in (run_dir / role["records"]).read_text().splitlines()]
+    assert role["periods"] == len(recs) >= 50
     # iperf3 opens a control connection beside each data connection; the data flows are
     # the two that send in nearly every period
     counts: dict[tuple, int] = {}
@@ -68,5 +71,6 @@ def test_two_flows_are_notified_equal_shares(run_experiment) -> None:
     med = [statistics.median(seen[p]) for p in ports]
     assert med[0] == pytest.approx(med[1], rel=0.05), med
     assert 0.8 * CAPACITY / 2 < med[0] <= CAPACITY / 2, med
-    stats = json.loads((run_dir / "logs" / "shim.log").read_text().strip().splitlines()[-1])
+    stats = role["counters"]
     assert stats["verdict_errors"] == 0 and stats["abn"]["written"] > 100, stats
+    assert role["returncode"] == 0  # stopped cleanly, its FORWARD rule removed

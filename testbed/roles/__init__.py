@@ -1,0 +1,43 @@
+"""Roles: the parts of a run that start after the network and stop before it, each in its
+own module behind one small lifecycle, so the runner only sequences them.
+
+A role module exposes `build(topology, run_dir) -> list[Role]`; `ROLE_MODULES` lists the
+modules the runner asks. The runner calls, for every role, `start` then `ready` (in
+list order, before the timeline), and at the end `stop` then `collect` (in reverse
+order, also after an error or Ctrl-C). Today the ABN shim is a role; traffic, chain
+validators and the twin are still sequenced by the runner itself and move here next.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol
+
+from testbed.topology_schema import Topology
+
+ROLE_MODULES = ("testbed.roles.abn_shim",)
+
+
+class Role(Protocol):
+    name: str
+
+    def start(self, net: Any) -> None:
+        """Launch it (in its host's namespace); return without waiting."""
+
+    def ready(self, timeout: float) -> None:
+        """Return once it serves; raise EmulationError naming what went wrong."""
+
+    def stop(self) -> None:
+        """Stop it and undo what it set up; must be safe to call twice or after a failed
+        start."""
+
+    def collect(self) -> dict[str, Any]:
+        """What the manifest keeps of it (counters, files it wrote in the run folder)."""
+
+
+def build(topology: Topology, run_dir: Path) -> list[Role]:
+    roles: list[Role] = []
+    for name in ROLE_MODULES:
+        roles += importlib.import_module(name).build(topology, run_dir)
+    return roles
