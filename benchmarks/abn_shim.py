@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import common  # noqa: E402
 
 from testbed import config, runner  # noqa: E402
 from testbed.config import PROJECT_ROOT  # noqa: E402
@@ -87,10 +88,9 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="0.5,1,2")
     ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--json", help="also write the rows here")
+    common.add_json_option(ap)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (Mininet)", file=sys.stderr)
+    if common.needs_root():
         return 1
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -99,8 +99,7 @@ def main() -> int:
                 r = one(Path(d), gbit, args.seconds, with_shim)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    common.write_json(args.json, rows)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import common  # noqa: E402
 
 from testbed import config, runner  # noqa: E402
 
@@ -80,10 +81,9 @@ def main() -> int:
     ap.add_argument("--delay", default="10ms")
     ap.add_argument("--no-reference", action="store_true", help="skip the runs without delay")
     ap.add_argument("--keep", help="keep run folders under this directory")
-    ap.add_argument("--json", help="also write the rows here")
+    common.add_json_option(ap)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (Mininet)", file=sys.stderr)
+    if common.needs_root():
         return 1
     rows = []
     print(f"{'N':>3} {'delay':>6} {'sent':>5} {'commit':>7} {'p50':>7} {'p95':>7} "
@@ -107,8 +107,7 @@ def main() -> int:
                       f"{r['p50_ms']!s:>7} {r['p95_ms']!s:>7} {target!s:>7} "
                       f"{str(r.get('meets_target', '')):>4} {r['status']:>10} {cpu:>6} "
                       f"{r['host_busy_mean']!s:>5}   ({r['wall_s']} s)", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    common.write_json(args.json, rows)
     return 0
 
 

@@ -30,6 +30,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import common  # noqa: E402
+
 from testbed import config, runner  # noqa: E402
 
 FRAME, PAYLOAD = 1514, 1448
@@ -108,10 +110,9 @@ def main() -> int:
     ap.add_argument("--cc", default="cubic", help="congestion control(s), comma-separated")
     ap.add_argument("--jitter", type=float, default=0.0,
                     help="ms: each packet's delay is RTT +- jitter (uniform, reordering)")
-    ap.add_argument("--json", help="also write the rows here")
+    common.add_json_option(ap)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (Mininet)", file=sys.stderr)
+    if common.needs_root():
         return 1
     rows = []
     print(f"{'cc':>6} {'gran':>7} {'RTT':>5} {'rate':>6} {'goodput':>8} {'ratio':>6} {'wire':>6} "
@@ -136,8 +137,7 @@ def main() -> int:
           "cpu: machine busy fraction of all cores; late%: packets released > 1 ms late "
           "(the line kept up only where this is ~0); ovfl: packets the kernel passed "
           "unshaped; status: the run's health verdict")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    common.write_json(args.json, rows)
     return 0
 
 
