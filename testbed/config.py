@@ -38,7 +38,7 @@ class LoadedExperiment:
     overrides: tuple[str, ...] = ()
 
     def shaped_topology(self) -> Topology:
-        """The topology with the experiment's link overrides applied."""
+        """The topology with the experiment's link, sysctl and ABN overrides applied."""
         assert self.topology is not None
         topo = self.topology.model_copy(deep=True)
         links = []
@@ -47,8 +47,10 @@ class LoadedExperiment:
             if over is not None:
                 link = link.merged(over)
             links.append(link)
-        hosts = {name: spec.model_copy(update={"sysctls": {
-                     **spec.sysctls, **self.experiment.sysctls.get(name, {})}})
+        exp = self.experiment
+        hosts = {name: spec.model_copy(update={
+                     "sysctls": {**spec.sysctls, **exp.sysctls.get(name, {})},
+                     "abn": exp.abn[name] if name in exp.abn else spec.abn})
                  for name, spec in topo.hosts.items()}
         return topo.model_copy(update={"links": links, "hosts": hosts})
 
@@ -227,5 +229,16 @@ def check_against_topology(exp: Experiment, topo: Topology, source: str) -> None
     for host in exp.sysctls:
         if host not in hosts:
             problems.append(f"sysctls.{host}: unknown host; known: {sorted(hosts)}")
+    for host in exp.abn:
+        if host not in hosts:
+            problems.append(f"abn.{host}: unknown host; known: {sorted(hosts)}")
+    if exp.abn and not problems:
+        # the shims must fit the topology as the experiment shapes it (forwarding host,
+        # its own link, capacity within the link's rate): check the merged result
+        try:
+            Topology.model_validate(LoadedExperiment(exp, topo, Path(source),
+                                                     None).shaped_topology().model_dump())
+        except ValidationError as exc:
+            problems.append(str(exc).replace("\n", " "))
     if problems:
         raise ConfigError(f"{source}: does not fit its topology\n  " + "\n  ".join(problems))

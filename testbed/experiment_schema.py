@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from testbed.topology_schema import Shaping, Strict
+from testbed.topology_schema import AbnSpec, Shaping, Strict
 
 Seconds = Annotated[float, Field(ge=0)]
 
@@ -202,6 +202,9 @@ class Experiment(Strict):
     simulation: SimulationJob | None = None
     chain: ChainSpec | None = None
     """Blockchain validators started on hosts before the timeline begins."""
+    abn: dict[str, AbnSpec | None] = {}
+    """ABN shims by host name, over the topology's (`null` removes one): e.g.
+    {mb: {link: path, capacity: 40mbit}}."""
     sysctls: dict[str, dict[str, int | str]] = {}
     """Per-host kernel settings by host name (testbed.sysctls.KNOWN), over the
     topology's: e.g. {h1: {net.ipv4.tcp_recovery: 0}}."""

@@ -39,3 +39,26 @@ def test_bad_settings_are_refused_with_a_reason():
     assert "average" in error(  # an unknown allocator: the known ones are named
         {"role": "middlebox", "abn": {"link": "path", "capacity": "40mbit", "allocator": "x"}})
     assert "positive" in error({"role": "middlebox", "abn": {"link": "path", "capacity": 0}})
+
+
+def test_an_experiment_adds_or_removes_a_shim_and_is_checked_against_the_topology(tmp_path):
+    import yaml
+
+    from testbed import config
+    from testbed.config import ConfigError
+
+    (tmp_path / "topo.yaml").write_text(yaml.safe_dump(topo({"role": "middlebox"})))
+
+    def load(abn):
+        exp = {"name": "e", "topology": "topo.yaml", "duration": 5, "abn": abn}
+        (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+        return config.load_experiment(tmp_path / "exp.yaml")
+
+    shaped = load({"mb": {"link": "path", "capacity": "20mbit"}}).shaped_topology()
+    assert shaped.hosts["mb"].abn is not None and shaped.hosts["mb"].abn.capacity == "20mbit"
+    with pytest.raises(ConfigError, match="above the rate of link path"):
+        load({"mb": {"link": "path", "capacity": "500mbit"}})
+    with pytest.raises(ConfigError, match="abn.h9: unknown host"):
+        load({"h9": {"link": "path", "capacity": "20mbit"}})
+    with pytest.raises(ConfigError, match="does not forward"):
+        load({"h1": {"link": "left", "capacity": "20mbit"}})
