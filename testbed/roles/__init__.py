@@ -1,11 +1,13 @@
 """Roles: the parts of a run that start after the network and stop before it, each in its
 own module behind one small lifecycle, so the runner only sequences them.
 
-A role module exposes `build(topology, run_dir) -> list[Role]`; `ROLE_MODULES` lists the
-modules the runner asks. The runner calls, for every role, `start` then `ready` (in
-list order, before the timeline), and at the end `stop` then `collect` (in reverse
-order, also after an error or Ctrl-C). Today the ABN shim is a role; traffic, chain
-validators and the twin are still sequenced by the runner itself and move here next.
+A role module exposes `build(topology, run_dir) -> list[Role]` and
+`analyse(run_dir, manifest) -> list[Path]` (figures and tables from the run folder only,
+so `chaintwin report` redraws them); `ROLE_MODULES` lists the modules the runner asks.
+The runner calls, for every role, `start` then `ready` (in list order, before the
+timeline), and at the end `stop` then `collect` (in reverse order, also after an error
+or Ctrl-C). Today the ABN shim is a role; traffic, chain validators and the twin are
+still sequenced by the runner itself and move here next.
 """
 
 from __future__ import annotations
@@ -41,3 +43,11 @@ def build(topology: Topology, run_dir: Path) -> list[Role]:
     for name in ROLE_MODULES:
         roles += importlib.import_module(name).build(topology, run_dir)
     return roles
+
+
+def analyse(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Every role module's figures and tables, from the run folder only."""
+    made: list[Path] = []
+    for name in ROLE_MODULES:
+        made += importlib.import_module(name).analyse(run_dir, manifest)
+    return made

@@ -84,3 +84,63 @@ class AbnShimRole:
 def build(topology: Topology, run_dir: Path) -> list[AbnShimRole]:
     return [AbnShimRole(host, spec.abn, QUEUE_BASE + i, run_dir)
             for i, (host, spec) in enumerate(topology.hosts.items()) if spec.abn is not None]
+
+
+def analyse(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    """One figure per shim: each flow's notified rate and C_r over time, from the
+    per-period records (abn/<host>.jsonl), shaded where the run was unreliable."""
+    out = []
+    t0 = manifest.get("timeline_t0_unix")
+    for role in (manifest.get("roles") or {}).values():
+        if not str(role.get("records", "")).startswith("abn/"):
+            continue
+        path = run_dir / role["records"]
+        if not path.exists() or t0 is None:
+            continue
+        fig = _rates_figure(path, role, t0, manifest, run_dir / f"abn_rates_{role['host']}.png")
+        if fig is not None:
+            out.append(fig)
+    return out
+
+
+def _rates_figure(path: Path, role: dict[str, Any], t0: float, manifest: dict[str, Any],
+                  out: Path) -> Path | None:
+    from testbed import plots  # matplotlib only when drawing
+
+    plt = plots.plt
+    recs = []
+    for line in path.read_text().splitlines():
+        try:
+            recs.append(json.loads(line))
+        except ValueError:
+            continue  # a cut-off last line of a killed shim
+    if not recs:
+        return None
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for r in recs:
+        t = r["t"] - t0
+        for f in r["flows"]:
+            src, sport, dst, dport = f["key"]
+            xs, ys = series.setdefault(f"{src}:{sport} > {dst}:{dport}", ([], []))
+            xs.append(t)
+            ys.append(f["rate_bps"] / 1e6)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=150)
+    ax.plot([r["t"] - t0 for r in recs], [r["C_r_bps"] / 1e6 for r in recs], color="0.4",
+            lw=1.0, ls="--", label="C_r (capacity left for TCP data)")
+    markers = "o.x+1234"  # equal shares overlap exactly: different markers keep each visible
+    for i, (label, (xs, ys)) in enumerate(sorted(series.items())):
+        ax.plot(xs, ys, markers[i % len(markers)], ms=3, mfc="none", label=label)
+    plots.mark_unreliable(ax, manifest)
+    s = role.get("settings", {})
+    ax.set_title(f"ABN shim on {role['host']}: notified rate per flow "
+                 f"(C={s.get('capacity')}, T={s.get('period')} s, {s.get('allocator')})",
+                 fontsize=9)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("rate (Mbit/s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -74,3 +74,4 @@ def test_two_flows_are_notified_equal_shares(run_experiment) -> None:
     stats = role["counters"]
     assert stats["verdict_errors"] == 0 and stats["abn"]["written"] > 100, stats
     assert role["returncode"] == 0  # stopped cleanly, its FORWARD rule removed
+    assert "abn_rates_mb.png" in man["artifacts"]  # the rates figure, from the records

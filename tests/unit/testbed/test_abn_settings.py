@@ -62,3 +62,21 @@ def test_an_experiment_adds_or_removes_a_shim_and_is_checked_against_the_topolog
         load({"h9": {"link": "path", "capacity": "20mbit"}})
     with pytest.raises(ConfigError, match="does not forward"):
         load({"h1": {"link": "left", "capacity": "20mbit"}})
+
+
+def test_the_rates_figure_is_drawn_from_the_run_folder_only(tmp_path):
+    import json
+
+    from testbed import roles
+
+    (tmp_path / "abn").mkdir()
+    key = ["10.0.1.1", 40000, "10.0.2.2", 5201]
+    lines = [json.dumps({"t": 100.0 + i * 0.1, "C_r_bps": 39e6,
+                         "flows": [{"key": key, "rate_bps": 19.5e6}]}) for i in range(20)]
+    (tmp_path / "abn" / "mb.jsonl").write_text("\n".join(lines) + "\n{\"t\": 10")  # cut off
+    man = {"timeline_t0_unix": 100.0,
+           "roles": {"abn:mb": {"host": "mb", "records": "abn/mb.jsonl",
+                                "settings": {"capacity": "40mbit", "period": 0.1,
+                                             "allocator": "average"}}}}
+    (fig,) = roles.analyse(tmp_path, man)
+    assert fig.name == "abn_rates_mb.png" and fig.stat().st_size > 10_000
