@@ -16,7 +16,7 @@ def _lines(argv: list[str]) -> list[str]:
 def find(node_names: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Everything still present that a chaintwin run creates; empty when clean."""
     found = []
-    for pattern in ("mininet:", "testbed.linkemu", "abn.shim"):
+    for pattern in ("mininet:", "testbed[.]linkemu", "abn[.]shim"):
         found += [f"process: {line}" for line in _lines(["pgrep", "-af", pattern])]
     for tool in ("iperf3", "tcpdump"):
         found += [f"process: {line}" for line in _lines(["pgrep", "-ax", tool])]
