@@ -1185,6 +1185,22 @@ static lane_t *get_lane(LoopObject *self, int i) {
     return self->lanes[i];
 }
 
+/* Hand work to the loop thread through `flag` (it does the work between rounds and
+ * clears the flag) and wait for it, with the GIL released; -1 with an error after 5 s. */
+static int post_to_loop(LoopObject *self, volatile int *flag, int value) {
+    __atomic_store_n(flag, value, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write(self->wake_fd, &one, sizeof(one)) < 0) { /* the loop checks the flag anyway */ }
+    Py_BEGIN_ALLOW_THREADS
+    for (int k = 0; k < 200000 && __atomic_load_n(flag, __ATOMIC_ACQUIRE); k++) usleep(25);
+    Py_END_ALLOW_THREADS
+    if (__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
+        PyErr_SetString(NfqError, "the loop thread did not answer in 5 s");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Loop_configure(LoopObject *self, PyObject *args, PyObject *kw) {
     int i;
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
@@ -1204,17 +1220,8 @@ static PyObject *Loop_configure(LoopObject *self, PyObject *args, PyObject *kw) 
     l->p_gso = gso;
     if (!self->thread_running) {
         lane_apply(l);
-    } else {
-        /* hand it to the loop thread and wait until it has been applied */
-        __atomic_store_n(&l->pending, 1, __ATOMIC_RELEASE);
-        uint64_t one = 1;
-        if (write(self->wake_fd, &one, sizeof(one)) < 0) { /* the loop polls pending anyway */ }
-        Py_BEGIN_ALLOW_THREADS
-        for (int k = 0; k < 200000 && __atomic_load_n(&l->pending, __ATOMIC_ACQUIRE); k++)
-            usleep(25);
-        Py_END_ALLOW_THREADS
-        if (__atomic_load_n(&l->pending, __ATOMIC_ACQUIRE))
-            return PyErr_Format(NfqError, "the loop thread did not apply the change in 5 s");
+    } else if (post_to_loop(self, &l->pending, 1) < 0) {
+        return NULL;
     }
     if (l->p_rc < 0) return PyErr_Format(NfqError, "cannot change GSO flag: %s", strerror(l->p_errno));
     Py_RETURN_NONE;
@@ -1368,18 +1375,7 @@ static int lane_abn_call(LoopObject *self, lane_t *l, int op) {
         l->abn_op = 0;
         return 0;
     }
-    __atomic_store_n(&l->abn_op, op, __ATOMIC_RELEASE);
-    uint64_t one = 1;
-    if (write(self->wake_fd, &one, sizeof(one)) < 0) { /* the loop polls abn_op anyway */ }
-    int k = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (; k < 200000 && __atomic_load_n(&l->abn_op, __ATOMIC_ACQUIRE); k++) usleep(25);
-    Py_END_ALLOW_THREADS
-    if (__atomic_load_n(&l->abn_op, __ATOMIC_ACQUIRE)) {
-        PyErr_SetString(NfqError, "the loop thread did not answer in 5 s");
-        return -1;
-    }
-    return 0;
+    return post_to_loop(self, &l->abn_op, op);
 }
 
 static lane_t *get_abn_lane(LoopObject *self, int i) {
@@ -1614,6 +1610,19 @@ static void AbnTable_dealloc(AbnTableObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* (packet, outcome) for Python: the rewritten copy, or the input object itself. */
+static PyObject *rewrite_to_py(PyObject *packet, uint32_t rate) {
+    Py_ssize_t len = PyBytes_GET_SIZE(packet);
+    if (len > 65535) return Py_BuildValue("(Os)", packet, "malformed_ip");
+    uint8_t buf[65535 + 64];
+    memcpy(buf, PyBytes_AS_STRING(packet), (size_t)len);
+    uint32_t nlen;
+    int r = abn_write_rate(buf, (uint32_t)len, sizeof(buf), rate, &nlen);
+    if (r != ABN_WRITTEN && r != ABN_REPLACED)
+        return Py_BuildValue("(Os)", packet, abn_outcome_names[r]);
+    return Py_BuildValue("(y#s)", (const char *)buf, (Py_ssize_t)nlen, abn_outcome_names[r]);
+}
+
 /* feed(packet, now_ns) -> (packet, outcome): account it and, for a pure ACK whose data
  * flow has a rate, write that rate ("no_rate" when it has none yet). */
 static PyObject *AbnTable_feed(AbnTableObject *self, PyObject *args) {
@@ -1629,13 +1638,7 @@ static PyObject *AbnTable_feed(AbnTableObject *self, PyObject *args) {
         self->f.no_rate++;
         return Py_BuildValue("(Os)", packet, "no_rate");
     }
-    uint8_t buf[65535 + 64];
-    memcpy(buf, data, (size_t)len);
-    uint32_t nlen;
-    int r = abn_write_rate(buf, (uint32_t)len, sizeof(buf), e->rate_kbps, &nlen);
-    if (r != ABN_WRITTEN && r != ABN_REPLACED)
-        return Py_BuildValue("(Os)", packet, abn_outcome_names[r]);
-    return Py_BuildValue("(y#s)", (const char *)buf, (Py_ssize_t)nlen, abn_outcome_names[r]);
+    return rewrite_to_py(packet, e->rate_kbps);
 }
 
 static int parse_key(PyObject *key, uint32_t *sa, uint16_t *sp, uint32_t *da, uint16_t *dp) {
@@ -1784,15 +1787,7 @@ static PyObject *mod_write_rate(PyObject *m, PyObject *args) {
     if (!PyArg_ParseTuple(args, "SL", &packet, &rate)) return NULL;
     if (rate < 0 || rate > 0xffffffffLL)
         return PyErr_Format(PyExc_ValueError, "rate %lld kbit/s is outside 0..%u", rate, 0xffffffffu);
-    Py_ssize_t len = PyBytes_GET_SIZE(packet);
-    if (len > 65535) return Py_BuildValue("(Os)", packet, "malformed_ip");
-    uint8_t buf[65535 + 64];
-    memcpy(buf, PyBytes_AS_STRING(packet), (size_t)len);
-    uint32_t nlen;
-    int r = abn_write_rate(buf, (uint32_t)len, sizeof(buf), (uint32_t)rate, &nlen);
-    if (r != ABN_WRITTEN && r != ABN_REPLACED)
-        return Py_BuildValue("(Os)", packet, abn_outcome_names[r]);
-    return Py_BuildValue("(y#s)", (const char *)buf, (Py_ssize_t)nlen, abn_outcome_names[r]);
+    return rewrite_to_py(packet, (uint32_t)rate);
 }
 
 static PyMethodDef mod_methods[] = {

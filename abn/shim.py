@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import IO, Any
 from abn.allocators import get_allocator, residual_capacity
 from abn.flows import FlowKey, FlowTable
 from abn.options import kbps_from_bps
+from abn.periodic import run_periodic
 
 
 @dataclass(frozen=True)
@@ -106,19 +106,11 @@ class Shim:
         return rec
 
     def run(self, control_fd: int | None) -> None:
+        """Step every period until end of input on `control_fd` (or forever without)."""
         self.loop.start(20)
         try:
-            nxt = time.monotonic() + self.cfg.period_s
-            fds = [] if control_fd is None else [control_fd]
-            while True:
-                ready, _, _ = select.select(fds, [], [], max(0.0, nxt - time.monotonic()))
-                if ready and not os.read(control_fd, 4096):  # type: ignore[arg-type]
-                    return
-                if time.monotonic() >= nxt:
-                    self.step()
-                    nxt += self.cfg.period_s
-                    if nxt < time.monotonic():
-                        nxt = time.monotonic() + self.cfg.period_s
+            run_periodic(self.cfg.period_s, self.step, control_fd,
+                         None if control_fd is None else lambda: bool(os.read(control_fd, 4096)))
         finally:
             self.loop.stop()
 

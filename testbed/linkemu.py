@@ -38,7 +38,6 @@ import heapq
 import json
 import math
 import os
-import select
 import signal
 import sys
 import time
@@ -46,6 +45,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from abn.periodic import run_periodic
 
 PERIOD_S = 1.0
 LATE_NS = 1_000_000
@@ -291,19 +292,8 @@ class DelayLines:
         writes the period records, so neither ever delays a release."""
         for i, loop in enumerate(self.loops):
             loop.start(rt_priority, self.cpus[i] if self.cpus else -1)
-        next_period = time.monotonic() + self.period_s
-        fds = [] if self.control_fd is None else [self.control_fd]
         try:
-            while True:
-                ready, _, _ = select.select(fds, [], [],
-                                            max(0.0, next_period - time.monotonic()))
-                if ready and not self.read_control():
-                    return
-                if time.monotonic() >= next_period:
-                    self.write_period()
-                    next_period += self.period_s
-                    if next_period < time.monotonic():
-                        next_period = time.monotonic() + self.period_s
+            run_periodic(self.period_s, self.write_period, self.control_fd, self.read_control)
         finally:
             for loop in self.loops:
                 loop.stop()
