@@ -227,23 +227,16 @@ class Network:
         config.write_text(json.dumps({"lanes": lanes,
                                       "cpus": self.offload.get("delay_line_cpus", [])},
                                      indent=1))
-        dl = DelayLineProc(None, config, folder / "stats.json",  # type: ignore[arg-type]
-                           folder / "periods.jsonl", folder / "linkemu.log",
-                           {d.key: d for d in dirs})
-        argv = shaping.delay_lines_argv(str(dl.config_path), str(dl.stats_path),
-                                        str(dl.periods_path))
-        out = open(dl.log_path, "wb")
-        dl.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=out,
-                                   stderr=subprocess.STDOUT, cwd=str(_project_root()),
-                                   start_new_session=True)
-        out.close()
-        self.delay_lines = dl
-        deadline = time.monotonic() + 20
-        while b"ready" not in dl.log_path.read_bytes():
-            if dl.proc.poll() is not None or time.monotonic() > deadline:
-                raise EmulationError("the delay-line process did not start: "
-                                     f"{dl.log_path.read_text(errors='replace')[-800:]}")
-            time.sleep(0.02)
+        stats, periods, log_path = (folder / "stats.json", folder / "periods.jsonl",
+                                    folder / "linkemu.log")
+        argv = shaping.delay_lines_argv(str(config), str(stats), str(periods))
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=str(_project_root()),
+                                    start_new_session=True)
+        self.delay_lines = DelayLineProc(proc, config, stats, periods, log_path,
+                                         {d.key: d for d in dirs})
+        wait_ready(proc, log_path, 20, "the delay-line process")
         for d in dirs:
             self.run(shaping.delay_line_rule(d))
             self._queued.append(d)
@@ -339,6 +332,18 @@ class Network:
                 self.net.stop()
             finally:
                 self.net = None
+
+
+def wait_ready(proc: subprocess.Popen[bytes] | None, log_path: Path, timeout: float,
+               what: str) -> None:
+    """Wait until a process we started writes 'ready' to its log; raise with the log's
+    tail if it exits first or takes longer than `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while b"ready" not in log_path.read_bytes():
+        if proc is None or proc.poll() is not None or time.monotonic() > deadline:
+            raise EmulationError(f"{what} did not start: "
+                                 f"{log_path.read_text(errors='replace')[-800:]}")
+        time.sleep(0.02)
 
 
 def popen(node: Any, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:

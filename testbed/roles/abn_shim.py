@@ -12,11 +12,9 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import EmulationError
 from testbed.topology_schema import AbnSpec, Topology
 
 QUEUE_BASE = 1000
@@ -52,12 +50,9 @@ class AbnShimRole:
             out.close()
 
     def ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while b"ready" not in self.log.read_bytes():
-            if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
-                raise EmulationError(f"the ABN shim on {self.host} did not start: "
-                                     f"{self.log.read_text(errors='replace')[-500:]}")
-            time.sleep(0.02)
+        from testbed.network import wait_ready
+
+        wait_ready(self.proc, self.log, timeout, f"the ABN shim on {self.host}")
 
     def stop(self) -> None:
         from testbed.network import _stop_process
