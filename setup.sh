@@ -6,6 +6,9 @@
 #   3. the project installed editable, redone only when pyproject.toml, setup.py or the C
 #      source of the compiled NFQUEUE loop (abn/_nfqloop.c) change
 #   4. a check that the compiled loop imports; if it does not, fail naming what is missing
+#   5. the ABN sender (abn/bpf: a BPF congestion control and its loader), built against
+#      this kernel's BTF; a kernel without BTF gets a warning (ABN runs then refuse to
+#      start, and `chaintwin doctor` says why), a failed build an error
 # A second run changes nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,7 +17,7 @@ say() { printf '[setup] %s\n' "$*"; }
 APT_PACKAGES=(
   mininet iperf3 tcpdump tshark iptables bridge-utils ethtool iputils-ping iproute2
   procps psmisc libnetfilter-queue1 libnetfilter-queue-dev libmnl-dev openvswitch-switch
-  python3 python3-venv python3-dev gcc
+  python3 python3-venv python3-dev gcc make clang llvm bpftool libbpf-dev
 )
 # What the compiled NFQUEUE loop (abn/_nfqloop.c) is built from: package -> a file it ships.
 BUILD_NEEDS=(
@@ -85,5 +88,22 @@ if ! err=$("$VENV/bin/python" -c "import abn._nfqloop" 2>&1); then
   echo "setup.sh: the compiled NFQUEUE loop abn._nfqloop does not import: $err" >&2
   echo "setup.sh: it needs ${BUILD_NEEDS[*]%%:*}; rebuild with: rm $stamp; ./setup.sh" >&2
   exit 1
+fi
+
+bpf_stamp=abn/bpf/build/.stamp
+bpf_want=$( (cat abn/bpf/abn.bpf.c abn/bpf/abn_loader.c abn/bpf/Makefile; uname -r) | sha256sum | cut -d' ' -f1)
+if [ ! -e /sys/kernel/btf/vmlinux ]; then
+  say "WARNING: this kernel has no BTF (/sys/kernel/btf/vmlinux): the abn congestion control" \
+      "cannot be built or loaded here; ABN experiments will refuse to start"
+elif [ ! -f "$bpf_stamp" ] || [ "$(cat "$bpf_stamp")" != "$bpf_want" ]; then
+  say "building the ABN sender (abn/bpf: BPF congestion control and loader)"
+  if ! make -s -C abn/bpf >/dev/null; then
+    echo "setup.sh: building abn/bpf failed (clang, bpftool and libbpf-dev are needed;" \
+         "see the compiler's output above)" >&2
+    exit 1
+  fi
+  echo "$bpf_want" > "$bpf_stamp"
+else
+  say "ABN sender (abn/bpf) up to date"
 fi
 say "ready: $VENV/bin/chaintwin"

@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+ABN_CC = "abn congestion control"
+"""The check that says whether the BPF `abn` congestion control can be registered here."""
+
 
 @dataclass
 class Check:
@@ -133,6 +136,19 @@ def _bridge_netfilter_check(root: bool) -> Check:
                  "(or sysctl net.bridge.bridge-nf-call-iptables=0)", required=False)
 
 
+def _abn_cc_check(root: bool) -> Check:
+    """The ABN sender needs BPF struct_ops (a congestion control in BPF); probed by really
+    registering it and unregistering it again."""
+    from abn import sender
+
+    fix = ("./setup.sh (builds abn/bpf: needs clang, llvm, bpftool, libbpf-dev) on a kernel "
+           "with BTF and struct_ops links (Linux >= 6.4)")
+    if not root:
+        return Check(ABN_CC, False, "not probed (needs root)", fix, required=False)
+    ok, detail = sender.probe()
+    return Check(ABN_CC, ok, detail, fix, required=False)
+
+
 def compiled_loop() -> tuple[bool, str]:
     """Whether the compiled NFQUEUE loop imports; there is no slower fallback."""
     try:
@@ -195,6 +211,7 @@ def probe() -> Report:
             r.checks.append(Check(f"kernel:{feat}", False, "not probed (needs root)", fix,
                                   required))
     r.checks.append(_bridge_netfilter_check(root))
+    r.checks.append(_abn_cc_check(root))
     netem = kern.get("netem", (False, ""))[0]
     userspace = kern.get("nfqueue", (False, ""))[0] and bool(nfq_lib) and loop_ok
     r.shaping_backend = "netem" if netem else "userspace" if userspace else None

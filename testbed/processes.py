@@ -86,14 +86,17 @@ class Running:
         }
 
 
-def start(node: Any, p: Process, argv: list[str], log_dir: Path, t_rel: float) -> Running:
+def start(node: Any, p: Process, argv: list[str], log_dir: Path, t_rel: float,
+          launch: list[str] | None = None) -> Running:
+    """Start `argv` on `node` (as `launch` if given: argv wrapped by a role, e.g. inside
+    a cgroup); `argv` is what the manifest records."""
     ext = "json" if ROLE_OUTPUTS.get(p.kind) == "json" else "log"
     log_path = log_dir / f"{p.name}.{ext}"
     err_path = log_dir / f"{p.name}.stderr"
     out = open(log_path, "wb")
     err = open(err_path, "wb")
     try:
-        proc = popen(node, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = popen(node, launch or argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     finally:
         out.close()
         err.close()

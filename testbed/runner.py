@@ -153,6 +153,14 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                              + "\n(`chaintwin doctor` shows the full report)")
     for p in exp.processes:
         if isinstance(p, Iperf3Client) and p.congestion not in caps.congestion_controls:
+            if p.congestion == "abn":  # registered by the ABN sender role for the run
+                chk = caps.get(capabilities.ABN_CC)
+                if chk is None or not chk.ok:
+                    raise EmulationError(
+                        f"process {p.name}: congestion control 'abn' cannot be loaded here: "
+                        f"{chk.detail if chk else 'not probed'}"
+                        + (f" (fix: {chk.fix})" if chk and chk.fix else ""))
+                continue
             raise EmulationError(f"process {p.name}: congestion control {p.congestion!r} is not "
                                  f"available here; available: {caps.congestion_controls}")
     backend: Backend = "netem" if caps.shaping_backend == "netem" else "userspace"
@@ -178,7 +186,7 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
     events_done: list[dict[str, Any]] = []
     t0_wall = 0.0
     sampler = health.HostCpuSampler(run_dir)
-    role_list = roles.build(topo, run_dir)
+    role_list = roles.build(topo, exp, run_dir)
     try:
         with interrupts_raise():
             net.start()
@@ -210,7 +218,8 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
             t0_wall = time.time()
             man["timeline_t0_unix"] = t0_wall
             _timeline(loaded, net, running, events_done, logs, run_dir,
-                      Progress(exp.name, exp.duration) if show_progress else None, chain)
+                      Progress(exp.name, exp.duration) if show_progress else None, chain,
+                      role_list)
     finally:
         with interrupts_deferred():
             sampler.stop()  # first: teardown load is not the run's
@@ -274,7 +283,8 @@ def _wait_captures_ready(logs: Path, captures: list[tuple[dict[str, Any], Any]])
 
 def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, processes.Running],
               events_done: list[dict[str, Any]], logs: Path, run_dir: Path,
-              prog: Progress | None, chain: chain_mod.ChainRuntime | None = None) -> None:
+              prog: Progress | None, chain: chain_mod.ChainRuntime | None = None,
+              role_list: list[roles.Role] | None = None) -> None:
     exp = loaded.experiment
     specs = {p.name: p for p in exp.processes}
     servers = {(p.host, p.port): p.name for p in exp.processes if isinstance(p, Iperf3Server)}
@@ -299,7 +309,7 @@ def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, process
         while queue and queue[0][0] <= now:
             _, _, _, ev = heapq.heappop(queue)
             record = _do_event(ev, net, running, specs, servers, logs, run_dir, exp.duration,
-                               now, chain)
+                               now, chain, role_list or [])
             events_done.append(record)
         _check_processes(running)
         net.check_delay_lines()
@@ -321,7 +331,8 @@ def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, process
 def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
               specs: dict[str, Any], servers: dict[tuple[str, int], str], logs: Path,
               run_dir: Path, duration: float, now: float,
-              chain: chain_mod.ChainRuntime | None = None) -> dict[str, Any]:
+              chain: chain_mod.ChainRuntime | None = None,
+              role_list: list[roles.Role] | None = None) -> dict[str, Any]:
     rec: dict[str, Any] = {"at": ev.at, "actual_s": round(now, 4), "action": ev.action}
     if isinstance(ev, ProcessControl):
         rec["process"] = ev.process
@@ -332,7 +343,8 @@ def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
                 if srv and srv in running:
                     processes.wait_listening(net.node(spec.server), spec.port)
             argv = processes.argv_for(spec, net.plan, run_dir, duration, chain)
-            running[spec.name] = processes.start(net.node(spec.host), spec, argv, logs, now)
+            running[spec.name] = processes.start(net.node(spec.host), spec, argv, logs, now,
+                                                 roles.wrap_process(role_list or [], argv))
             if isinstance(spec, Iperf3Server) and not processes.wait_listening(
                     net.node(spec.host), spec.port):
                 raise EmulationError(f"iperf3 server {spec.name} is not listening on "

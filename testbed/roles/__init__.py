@@ -1,12 +1,14 @@
 """Roles: the parts of a run that start after the network and stop before it, each in its
 own module behind one small lifecycle, so the runner only sequences them.
 
-A role module exposes `build(topology, run_dir) -> list[Role]` and
+A role module exposes `build(topology, experiment, run_dir) -> list[Role]` and
 `analyse(run_dir, manifest) -> list[Path]` (figures and tables from the run folder only,
 so `chaintwin report` redraws them); `ROLE_MODULES` lists the modules the runner asks.
 The runner calls, for every role, `start` then `ready` (in list order, before the
 timeline), and at the end `stop` then `collect` (in reverse order, also after an error
-or Ctrl-C). Today the ABN shim is a role; traffic, chain validators and the twin are
+or Ctrl-C). A role that must shape how the timeline's processes start (the ABN sender
+puts them in its cgroup) also has `wrap_process(argv) -> argv`. Today the ABN shim and
+the ABN sender are roles; traffic, chain validators and the twin are
 still sequenced by the runner itself and move here next.
 """
 
@@ -16,9 +18,10 @@ import importlib
 from pathlib import Path
 from typing import Any, Protocol
 
+from testbed.experiment_schema import Experiment
 from testbed.topology_schema import Topology
 
-ROLE_MODULES = ("testbed.roles.abn_shim",)
+ROLE_MODULES = ("testbed.roles.abn_sender", "testbed.roles.abn_shim")
 
 
 class Role(Protocol):
@@ -38,11 +41,20 @@ class Role(Protocol):
         """What the manifest keeps of it (counters, files it wrote in the run folder)."""
 
 
-def build(topology: Topology, run_dir: Path) -> list[Role]:
+def build(topology: Topology, experiment: Experiment, run_dir: Path) -> list[Role]:
     roles: list[Role] = []
     for name in ROLE_MODULES:
-        roles += importlib.import_module(name).build(topology, run_dir)
+        roles += importlib.import_module(name).build(topology, experiment, run_dir)
     return roles
+
+
+def wrap_process(roles: list[Role], argv: list[str]) -> list[str]:
+    """A timeline process's command line, as every role that cares wants it started."""
+    for role in roles:
+        wrap = getattr(role, "wrap_process", None)
+        if wrap is not None:
+            argv = wrap(argv)
+    return argv
 
 
 def analyse(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from testbed.experiment_schema import Experiment
 from testbed.topology_schema import AbnSpec, Topology
 
 QUEUE_BASE = 1000
@@ -76,7 +77,7 @@ class AbnShimRole:
         return out
 
 
-def build(topology: Topology, run_dir: Path) -> list[AbnShimRole]:
+def build(topology: Topology, experiment: Experiment, run_dir: Path) -> list[AbnShimRole]:
     return [AbnShimRole(host, spec.abn, QUEUE_BASE + i, run_dir)
             for i, (host, spec) in enumerate(topology.hosts.items()) if spec.abn is not None]
 
@@ -86,8 +87,8 @@ def analyse(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     per-period records (abn/<host>.jsonl), shaded where the run was unreliable."""
     out = []
     t0 = manifest.get("timeline_t0_unix")
-    for role in (manifest.get("roles") or {}).values():
-        if not str(role.get("records", "")).startswith("abn/"):
+    for name, role in (manifest.get("roles") or {}).items():
+        if not name.startswith("abn:"):
             continue
         path = run_dir / role["records"]
         if not path.exists() or t0 is None:

@@ -3,6 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
+from testbed.experiment_schema import Experiment
 from testbed.roles import abn_shim
 from testbed.topology_schema import Topology
 
@@ -22,7 +23,8 @@ def error(mb: dict, **kw) -> str:
 def test_good_settings_make_one_shim_role(tmp_path):
     t = Topology.model_validate(topo({"role": "middlebox",
                                       "abn": {"link": "path", "capacity": "40mbit"}}))
-    (role,) = abn_shim.build(t, tmp_path)
+    exp = Experiment.model_validate({"name": "x", "topology": "t.yaml"})
+    (role,) = abn_shim.build(t, exp, tmp_path)
     argv = role.argv()
     assert role.name == "abn:mb" and "--iptables" in argv
     assert argv[argv.index("--capacity-bps") + 1] == "40000000"
