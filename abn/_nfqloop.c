@@ -484,14 +484,17 @@ static void ftab_delete_at(ftab_t *f, uint32_t i) {
 }
 
 /* Account one packet (copied bytes `pkt`, `caplen` of them). For a pure ACK, returns the
- * data flow it acknowledges (or NULL) and sets *pure_ack. */
+ * data flow it acknowledges (or NULL) and sets *pure_ack. `counted` says whether the
+ * packet leaves on the governed link (so it uses the capacity being shared): only then
+ * do its bytes count (data per flow, non-TCP, control); a packet going the other way
+ * (the ACKs returning to senders) is only looked up, for its flow's rate. */
 static fent_t *ftab_account(ftab_t *f, const uint8_t *pkt, uint32_t caplen, int64_t now,
-                            int *pure_ack) {
+                            int counted, int *pure_ack) {
     *pure_ack = 0;
     if (caplen < 20 || pkt[0] >> 4 != 4) return NULL;
     uint32_t ihl = (uint32_t)(pkt[0] & 0x0f) * 4, wire = (uint32_t)(pkt[2] << 8 | pkt[3]);
     if (ihl < 20 || wire < ihl) return NULL;
-    if (pkt[9] != 6) { f->nontcp_bytes += wire; return NULL; }
+    if (pkt[9] != 6) { if (counted) f->nontcp_bytes += wire; return NULL; }
     if (caplen < ihl + 20 || wire < ihl + 20 || ((pkt[6] << 8 | pkt[7]) & 0x1fff)) return NULL;
     const uint8_t *tcp = pkt + ihl;
     uint32_t doff = (uint32_t)(tcp[12] >> 4) * 4;
@@ -504,11 +507,12 @@ static fent_t *ftab_account(ftab_t *f, const uint8_t *pkt, uint32_t caplen, int6
     uint32_t payload = wire - ihl - doff;
     if ((flags & 0x10) && !(flags & 0x07) && payload == 0) {
         *pure_ack = 1;
-        f->ctrl_bytes += wire;
+        if (counted) f->ctrl_bytes += wire;
         fent_t *e = ftab_find(f, da, sa, dp, sp, 0); /* the data flow: reverse key */
         if (e) e->acks++;
         return e;
     }
+    if (!counted) return NULL;
     fent_t *e = ftab_find(f, sa, da, sp, dp, 1);
     if (!e) { f->untracked_pkts++; f->untracked_bytes += wire; return NULL; }
     e->payload += payload;
@@ -586,6 +590,8 @@ typedef struct {
     uint32_t abn_rate_kbps;   /* the fixed rate, or (with ftab) the current ACK's flow's */
     uint64_t abn_outcomes[ABN_OUTCOMES];
     ftab_t *ftab;             /* per-flow accounting and rates (set by the shim each T) */
+    uint32_t abn_out_ifindex; /* the governed link's interface: only packets leaving on it
+                                 count against its capacity (0: every packet counts) */
     /* a table operation from Python, done by the loop thread (which owns ftab) */
     volatile int abn_op;      /* 0 none, 1 snapshot, 2 set rates */
     int64_t op_now, op_idle;
@@ -747,9 +753,12 @@ static void lane_handle_packet(lane_t *l, const struct nlmsghdr *nlh, int64_t no
     if (l->ftab && attr[NFQA_PAYLOAD]) {
         /* every packet is counted (headers suffice); only an ACK whose flow has a rate
          * is rewritten, with that rate */
-        int pure;
+        int pure, counted = !l->abn_out_ifindex ||
+            (attr[NFQA_IFINDEX_OUTDEV] &&
+             ntohl(mnl_attr_get_u32(attr[NFQA_IFINDEX_OUTDEV])) == l->abn_out_ifindex);
         fent_t *e = ftab_account(l->ftab, mnl_attr_get_payload(attr[NFQA_PAYLOAD]),
-                                 mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]), now, &pure);
+                                 mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]), now, counted,
+                                 &pure);
         if (!pure) { l->abn_outcomes[ABN_NOT_PURE_ACK]++; skip = 1; }
         else if (!e || !e->has_rate) { l->ftab->no_rate++; skip = 1; }
         else l->abn_rate_kbps = e->rate_kbps;
@@ -1089,7 +1098,7 @@ static int parse_settings(sched_t *s, PyObject *kw, int *gso) {
 static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"queue_num", "netns_fd", "seed", "copy_packet", NULL};
     int queue_num, netns_fd = -1, copy_packet = 0;
-    long long abn_rate = -1, abn_flows = 0;
+    long long abn_rate = -1, abn_flows = 0, abn_ifindex = 0;
     unsigned long long seed = 1;
     PyObject *settings = NULL;
     if (!PyArg_ParseTuple(args, "i|O!", &queue_num, &PyDict_Type, &settings)) return NULL;
@@ -1103,6 +1112,13 @@ static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
             abn_flows = PyLong_AsLongLong(v);
             if (!PyErr_Occurred() && (abn_flows < 1 || abn_flows > (1 << 22))) {
                 PyErr_SetString(PyExc_ValueError, "abn_max_flows must be 1..4194304");
+                return NULL;
+            }
+        }
+        if ((v = PyDict_GetItemString(kw, "abn_out_ifindex")) && v != Py_None) {
+            abn_ifindex = PyLong_AsLongLong(v);
+            if (!PyErr_Occurred() && (abn_ifindex < 0 || abn_ifindex > 0x7fffffffLL)) {
+                PyErr_SetString(PyExc_ValueError, "abn_out_ifindex must be an interface index");
                 return NULL;
             }
         }
@@ -1138,6 +1154,7 @@ static PyObject *Loop_add_lane(LoopObject *self, PyObject *args, PyObject *kw) {
             return PyErr_NoMemory();
         }
         if (abn_rate < 0) abn_rate = 0; /* unused: each ACK gets its flow's rate */
+        l->abn_out_ifindex = (uint32_t)abn_ifindex;
     }
     if (abn_rate >= 0) {
         l->abn = 1;
@@ -1443,8 +1460,10 @@ static PyObject *Loop_lanes(LoopObject *self, void *closure) {
 static PyMethodDef Loop_methods[] = {
     {"add_lane", (PyCFunction)(void (*)(void))Loop_add_lane, METH_VARARGS | METH_KEYWORDS,
      "add_lane(queue_num, settings={}, *, netns_fd=-1, seed=1, copy_packet=False,\n"
-     "abn_rate_kbps=None) -> lane index. With abn_rate_kbps, pure ACKs leave with that\n"
-     "rate in their ABN option (the shim's rewrite, in C).\n"
+     "abn_rate_kbps=None, abn_max_flows=None, abn_out_ifindex=None) -> lane index.\n"
+     "With abn_rate_kbps, pure ACKs leave with that rate in their ABN option (the shim's\n"
+     "rewrite, in C); with abn_max_flows, per flow: the lane keeps a flow table, and\n"
+     "with abn_out_ifindex only packets leaving on that interface count against it.\n"
      "Binds NFQUEUE queue_num in the network namespace of netns_fd (an open /proc/PID/ns/net)."},
     {"configure", (PyCFunction)(void (*)(void))Loop_configure, METH_VARARGS | METH_KEYWORDS,
      "configure(lane, **settings): delay_us, jitter_us, loss, reorder, gso; all or nothing."},
@@ -1623,16 +1642,19 @@ static PyObject *rewrite_to_py(PyObject *packet, uint32_t rate) {
     return Py_BuildValue("(y#s)", (const char *)buf, (Py_ssize_t)nlen, abn_outcome_names[r]);
 }
 
-/* feed(packet, now_ns) -> (packet, outcome): account it and, for a pure ACK whose data
+/* feed(packet, now_ns, counted=True) -> (packet, outcome): account it (its bytes only if
+ * `counted`: it leaves on the governed link) and, for a pure ACK whose data
  * flow has a rate, write that rate ("no_rate" when it has none yet). */
 static PyObject *AbnTable_feed(AbnTableObject *self, PyObject *args) {
     PyObject *packet;
     long long now;
-    if (!PyArg_ParseTuple(args, "SL", &packet, &now)) return NULL;
+    int counted = 1;
+    if (!PyArg_ParseTuple(args, "SL|p", &packet, &now, &counted)) return NULL;
     Py_ssize_t len = PyBytes_GET_SIZE(packet);
     const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(packet);
     int pure;
-    fent_t *e = ftab_account(&self->f, data, len > 65535 ? 65535 : (uint32_t)len, now, &pure);
+    fent_t *e = ftab_account(&self->f, data, len > 65535 ? 65535 : (uint32_t)len, now,
+                             counted, &pure);
     if (!pure) return Py_BuildValue("(Os)", packet, "not_pure_ack");
     if (!e || !e->has_rate) {
         self->f.no_rate++;
@@ -1743,7 +1765,8 @@ static PyObject *AbnTable_len(AbnTableObject *self, void *closure) {
 
 static PyMethodDef AbnTable_methods[] = {
     {"feed", (PyCFunction)AbnTable_feed, METH_VARARGS,
-     "feed(packet, now_ns) -> (packet, outcome): account a packet; rewrite a pure ACK"},
+     "feed(packet, now_ns, counted=True) -> (packet, outcome): account a packet (its bytes\n"
+     "only if counted: it leaves on the governed link); rewrite a pure ACK"},
     {"set_rates", (PyCFunction)AbnTable_set_rates, METH_VARARGS,
      "set_rates({(src, sport, dst, dport): kbps}) -> flows not found; clears the others"},
     {"take", (PyCFunction)AbnTable_take, METH_VARARGS,

@@ -12,9 +12,13 @@ lane. One JSON line per period goes to the records file as it happens.
 Fail-open: the NFQUEUE rule carries --queue-bypass and the queue F_FAIL_OPEN, so traffic
 passes unchanged when the shim is absent, behind or dead; a packet is never dropped by it.
 
-    python -m abn.shim --queue 7 --capacity-bps 40e6 [--period 0.1] [--allocator average]
-        [--idle 1.0] [--records shim.jsonl] [--iptables]
-`--iptables` installs (and on exit removes) the FORWARD rule in this namespace itself.
+    python -m abn.shim --queue 7 --capacity-bps 40e6 [--link-intf mb-eth1] [--period 0.1]
+        [--allocator average] [--idle 1.0] [--records shim.jsonl] [--iptables]
+`--link-intf` names the governed link's interface: only packets leaving on it count
+against C (data, non-TCP, ACKs of flows going that way); the ACKs returning from it are
+only rewritten. Without it every forwarded TCP packet counts, whichever way it goes.
+`--iptables` installs (and on exit removes) the FORWARD rules in this namespace itself:
+with --link-intf, everything leaving on it and TCP arriving from it; else all TCP.
 End of stdin or SIGTERM stops it.
 """
 
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +52,8 @@ class ShimConfig:
     idle_s: float = 1.0
     """A flow whose sender sent nothing for this long is done."""
     max_flows: int = 4096
+    link_intf: str | None = None
+    """The governed link's interface on this host (None: count both directions)."""
 
     def __post_init__(self) -> None:
         if not self.capacity_bps > 0:
@@ -69,8 +76,15 @@ class Shim:
         self.table = FlowTable(cfg.max_flows)
         self.allocator = get_allocator(cfg.allocator)
         self.loop = _nfqloop.Loop()
+        ifindex = None
+        if cfg.link_intf is not None:
+            try:
+                ifindex = socket.if_nametoindex(cfg.link_intf)
+            except OSError:
+                raise ValueError(f"no interface {cfg.link_intf!r} in this namespace "
+                                 "(--link-intf)") from None
         self.lane = self.loop.add_lane(cfg.queue, {"delay_us": 0},
-                                       abn_max_flows=cfg.max_flows)
+                                       abn_max_flows=cfg.max_flows, abn_out_ifindex=ifindex)
 
     def step(self) -> dict[str, Any]:
         """One period: read the lane's counts, update the table, allocate, hand back."""
@@ -121,10 +135,17 @@ class Shim:
         self.loop.close()
 
 
-def forward_rule(queue: int, action: str) -> list[str]:
-    """The FORWARD rule feeding the shim's queue; fail-open when no one listens."""
-    return ["iptables", "-w", "-t", "mangle", action, "FORWARD", "-p", "tcp", "-j", "NFQUEUE",
-            "--queue-num", str(queue), "--queue-bypass"]
+def forward_rules(queue: int, action: str, link_intf: str | None = None) -> list[list[str]]:
+    """The FORWARD rules feeding the shim's queue; fail-open when no one listens.
+
+    With the governed link's interface: everything that leaves on it (what shares its
+    capacity, non-TCP included) and the TCP arriving from it (the ACKs to rewrite);
+    traffic that does not cross the link is not queued at all."""
+    tail = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+    base = ["iptables", "-w", "-t", "mangle", action, "FORWARD"]
+    if link_intf is None:
+        return [[*base, "-p", "tcp", *tail]]
+    return [[*base, "-o", link_intf, *tail], [*base, "-i", link_intf, "-p", "tcp", *tail]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,26 +157,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allocator", default="average")
     ap.add_argument("--idle", type=float, default=1.0)
     ap.add_argument("--max-flows", type=int, default=4096)
+    ap.add_argument("--link-intf", help="the governed link's interface on this host")
     ap.add_argument("--records", help="append one JSON line per period here")
     ap.add_argument("--iptables", action="store_true", help="install the FORWARD rule too")
     ap.add_argument("--no-control", action="store_true", help="ignore stdin")
     args = ap.parse_args(argv)
     try:
         cfg = ShimConfig(args.queue, args.capacity_bps, args.period, args.allocator, args.idle,
-                         args.max_flows)
+                         args.max_flows, args.link_intf)
+        shim = Shim(cfg, None)
     except ValueError as exc:
         print(f"abn.shim: {exc}", file=sys.stderr)
         return 2
     records = open(args.records, "a") if args.records else None
-    shim = Shim(cfg, records)
+    shim.records = records
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    installed: list[list[str]] = []
     if args.iptables:
-        subprocess.run(forward_rule(cfg.queue, "-A"), check=True)
-    print(f"abn.shim: queue {cfg.queue}, C={cfg.capacity_bps:.0f} bit/s, "
+        for rule in forward_rules(cfg.queue, "-A", cfg.link_intf):
+            p = subprocess.run(rule, capture_output=True, text=True)
+            if p.returncode != 0:
+                for done in reversed(installed):
+                    subprocess.run([*done[:4], "-D", *done[5:]])
+                shim.close()
+                print(f"abn.shim: {' '.join(rule)}: {p.stderr.strip()}", file=sys.stderr)
+                return 1
+            installed.append(rule)
+    print(f"abn.shim: queue {cfg.queue}, link {cfg.link_intf or '(both directions)'}, "
+          f"C={cfg.capacity_bps:.0f} bit/s, "
           f"T={cfg.period_s} s, allocator {cfg.allocator}: ready", flush=True)
     try:
         shim.run(None if args.no_control else sys.stdin.fileno())
@@ -163,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if args.iptables:
-            subprocess.run(forward_rule(cfg.queue, "-D"))
+        for rule in reversed(installed):
+            subprocess.run([*rule[:4], "-D", *rule[5:]])
         stats = shim.stats()
         t = os.times()
         stats["cpu_s"] = round(t.user + t.system, 3)

@@ -1,6 +1,7 @@
 """The ABN shim as a role: `abn: {...}` on a topology host runs `abn.shim` there.
 
-The shim installs its FORWARD rule itself (fail-open: --queue-bypass) and removes it when
+The shim is told the governed link's interface, so only what leaves on it counts against
+the capacity and only traffic crossing it is queued. It installs its FORWARD rules itself (fail-open: --queue-bypass) and removes it when
 it stops; the role starts it in the host's namespace, waits for it to bind its queue,
 stops it with SIGTERM (it prints its counters) and keeps the counters and the per-period
 records (`abn/<host>.jsonl`) for the manifest.
@@ -31,9 +32,11 @@ class AbnShimRole:
         self.log = folder / f"{host}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def argv(self) -> list[str]:
+    def argv(self, link_intf: str | None = None) -> list[str]:
+        """The shim's command line; `link_intf` is the governed link's interface here."""
         s = self.spec
-        return [sys.executable, "-m", "abn.shim", "--queue", str(self.queue),
+        extra = ["--link-intf", link_intf] if link_intf else []
+        return [sys.executable, "-m", "abn.shim", "--queue", str(self.queue), *extra,
                 "--capacity-bps", f"{s.capacity_bps:.0f}", "--period", f"{s.period:g}",
                 "--allocator", s.allocator, "--idle", f"{s.idle:g}",
                 "--max-flows", str(s.max_flows), "--records", str(self.records),
@@ -45,7 +48,8 @@ class AbnShimRole:
         self.records.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "wb")
         try:
-            self.proc = popen(net.node(self.host), self.argv(), stdin=subprocess.DEVNULL,
+            intf = net.plan.intf(self.spec.link, self.host).name
+            self.proc = popen(net.node(self.host), self.argv(intf), stdin=subprocess.DEVNULL,
                               stdout=out, stderr=subprocess.STDOUT, cwd=str(_project_root()))
         finally:
             out.close()

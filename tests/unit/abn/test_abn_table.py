@@ -99,3 +99,21 @@ def test_insertions_and_expiry_agree_with_a_dict_model():
             assert got == set(model), f"step {step}"
             model = {k: v for k, v in model.items() if now - v <= idle}
             assert t.tracked == len(model)
+
+
+def test_only_packets_leaving_on_the_governed_link_count_against_it():
+    """An ACK returning to its sender crosses the link the other way: it is rewritten
+    with its flow's rate but uses none of the capacity being shared (a full-duplex link);
+    data and non-TCP going the other way do not enter the table either."""
+    t = _nfqloop.AbnTable()
+    t.feed(data_pkt(1000), 0)  # leaves on the link: counted
+    t.feed(data_pkt(500, key=("10.0.0.2", 5201, "10.0.0.1", 40001)), 1, False)  # comes back
+    t.feed(build(proto=17, opts=b""), 2, False)
+    t.set_rates({DATA: 10_000})
+    out, outcome = t.feed(ack_pkt(), 3, False)
+    assert outcome == "written"
+    snap = t.take(4 * MS, 10**12)
+    assert [f["key"] for f in snap["flows"]] == [DATA]
+    assert snap["control_bytes"] == 0 and snap["non_tcp_bytes"] == 0
+    t.feed(ack_pkt(), 5 * MS, True)  # an ACK going out on the link does use it
+    assert t.take(6 * MS, 10**12)["control_bytes"] > 0

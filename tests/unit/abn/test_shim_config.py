@@ -2,7 +2,7 @@
 
 import pytest
 
-from abn.shim import ShimConfig, forward_rule, main
+from abn.shim import ShimConfig, forward_rules, main
 
 
 def test_bad_settings_get_a_clear_error():
@@ -15,5 +15,16 @@ def test_bad_settings_get_a_clear_error():
     assert main(["--queue", "7", "--capacity-bps", "-5"]) == 2
 
 
-def test_the_forward_rule_fails_open():
-    assert forward_rule(7, "-A")[-1] == "--queue-bypass"
+def test_the_forward_rules_fail_open_and_follow_the_governed_link():
+    (both,) = forward_rules(7, "-A")
+    assert both[-1] == "--queue-bypass" and "-p" in both
+    out, back = forward_rules(7, "-A", "mb-eth1")
+    assert out[-1] == back[-1] == "--queue-bypass"
+    # everything leaving on the link (non-TCP too: it uses the capacity); only TCP back
+    assert out[out.index("-o") + 1] == "mb-eth1" and "-p" not in out
+    assert back[back.index("-i") + 1] == "mb-eth1" and back[back.index("-p") + 1] == "tcp"
+
+
+def test_an_unknown_link_interface_is_refused(capsys):
+    assert main(["--queue", "7", "--capacity-bps", "1e6", "--link-intf", "nosuch0"]) == 2
+    assert "nosuch0" in capsys.readouterr().err
