@@ -17,6 +17,8 @@ passes unchanged when the shim is absent, behind or dead; a packet is never drop
 `--link-intf` names the governed link's interface: only packets leaving on it count
 against C (data, non-TCP, ACKs of flows going that way); the ACKs returning from it are
 only rewritten. Without it every forwarded TCP packet counts, whichever way it goes.
+`--queue-drain S` (with --link-intf) reads the link's qdisc backlog every period and takes
+backlog / S off C_r, so the senders drain a standing queue in about S seconds.
 `--iptables` installs (and on exit removes) the FORWARD rules in this namespace itself:
 with --link-intf, everything leaving on it and TCP arriving from it; else all TCP.
 End of stdin or SIGTERM stops it.
@@ -54,12 +56,18 @@ class ShimConfig:
     max_flows: int = 4096
     link_intf: str | None = None
     """The governed link's interface on this host (None: count both directions)."""
+    queue_drain_s: float = 0.0
+    """With link_intf: each period, C_r loses backlog / queue_drain_s, so a standing
+    queue on the link drains in about that long (0: the queue is not read)."""
 
     def __post_init__(self) -> None:
         if not self.capacity_bps > 0:
             raise ValueError(f"capacity must be positive, got {self.capacity_bps} bit/s")
         if not 0.001 <= self.period_s <= 10:
             raise ValueError(f"period must be 1 ms..10 s, got {self.period_s} s")
+        if self.queue_drain_s < 0 or (self.queue_drain_s and self.link_intf is None):
+            raise ValueError("queue drain needs the link's interface (--link-intf) and a "
+                             f"time >= 0, got {self.queue_drain_s} s")
         if not self.idle_s >= self.period_s:
             raise ValueError(f"idle timeout {self.idle_s} s is shorter than a period")
         get_allocator(self.allocator)  # an unknown name fails here, naming the known ones
@@ -83,6 +91,7 @@ class Shim:
             except OSError:
                 raise ValueError(f"no interface {cfg.link_intf!r} in this namespace "
                                  "(--link-intf)") from None
+        self.backlog = QueueBacklog(ifindex) if cfg.queue_drain_s and ifindex else None
         self.lane = self.loop.add_lane(cfg.queue, {"delay_us": 0},
                                        abn_max_flows=cfg.max_flows, abn_out_ifindex=ifindex)
 
@@ -99,6 +108,9 @@ class Shim:
         self.table.take_period()
         c_r = residual_capacity(cfg.capacity_bps, snap["non_tcp_bytes"] * 8 / cfg.period_s,
                                 snap["control_bytes"] * 8 / cfg.period_s)
+        backlog = self.backlog.bytes() if self.backlog is not None else None
+        if backlog:  # drain what stands in the link's queue in about queue_drain_s
+            c_r = max(0.0, c_r - backlog * 8 / cfg.queue_drain_s)
         # The flows that compete: those that sent data in this period. The paper: a flow
         # with no data in a period has been processed and leaves the count; its last
         # rate stays with its sender. (SYN-ACK directions and idle control connections
@@ -111,6 +123,7 @@ class Shim:
                         for k, r in rates.items()})
         rec = {"t": round(time.time(), 4), "C_bps": cfg.capacity_bps, "C_r_bps": round(c_r),
                "non_tcp_bytes": snap["non_tcp_bytes"], "control_bytes": snap["control_bytes"],
+               "backlog_bytes": backlog,
                "untracked_packets": snap["untracked_packets"], "no_rate": snap["no_rate"],
                "missing": missing,
                "flows": [{"key": list(k[:4]), "rate_bps": round(r)} for k, r in rates.items()]}
@@ -133,6 +146,33 @@ class Shim:
 
     def close(self) -> None:
         self.loop.close()
+        if self.backlog is not None:
+            self.backlog.close()
+
+
+class QueueBacklog:
+    """Bytes waiting in the root qdisc of one interface (netlink, via pyroute2): the
+    queue status the paper's middlebox reads."""
+
+    def __init__(self, ifindex: int) -> None:
+        from pyroute2 import IPRoute
+
+        self.ifindex = ifindex
+        self.ipr = IPRoute()
+
+    def bytes(self) -> int:
+        for q in self.ipr.get_qdiscs(self.ifindex):
+            if q["parent"] == 0xFFFFFFFF:  # TC_H_ROOT: its backlog holds its classes'
+                stats = q.get_attr("TCA_STATS2")
+                queue = stats.get_attr("TCA_STATS_QUEUE") if stats is not None else None
+                if queue is not None:
+                    return int(queue["backlog"])
+                old = q.get_attr("TCA_STATS")
+                return int(old["backlog"]) if old else 0
+        return 0
+
+    def close(self) -> None:
+        self.ipr.close()
 
 
 def forward_rules(queue: int, action: str, link_intf: str | None = None) -> list[list[str]]:
@@ -158,13 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=1.0)
     ap.add_argument("--max-flows", type=int, default=4096)
     ap.add_argument("--link-intf", help="the governed link's interface on this host")
+    ap.add_argument("--queue-drain", type=float, default=0.0,
+                    help="seconds to drain the link's standing queue in (0: ignore it)")
     ap.add_argument("--records", help="append one JSON line per period here")
     ap.add_argument("--iptables", action="store_true", help="install the FORWARD rule too")
     ap.add_argument("--no-control", action="store_true", help="ignore stdin")
     args = ap.parse_args(argv)
     try:
         cfg = ShimConfig(args.queue, args.capacity_bps, args.period, args.allocator, args.idle,
-                         args.max_flows, args.link_intf)
+                         args.max_flows, args.link_intf, args.queue_drain)
         shim = Shim(cfg, None)
     except ValueError as exc:
         print(f"abn.shim: {exc}", file=sys.stderr)

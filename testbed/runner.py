@@ -20,7 +20,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from testbed import analysis, capabilities, health, jobs, manifest, plots, processes, roles
+from testbed import (
+    analysis,
+    capabilities,
+    cc_compare,
+    health,
+    jobs,
+    manifest,
+    plots,
+    processes,
+    roles,
+)
 from testbed import chain as chain_mod
 from testbed.config import PROJECT_ROOT, LoadedExperiment
 from testbed.errors import EmulationError, ProcessFailed
@@ -418,6 +428,7 @@ def _analyse(run_dir: Path, man: dict[str, Any], net: Network, t0: float) -> Non
     if fig is not None:
         made.append(fig.name)
     made += [p.name for p in roles.analyse(run_dir, man)]
+    made += [p.name for p in cc_compare.analyse(run_dir, man)]
     if man.get("chain"):
         man["chain"]["ledger_check"] = chain_mod.ledger_check(run_dir / "chain")
         made += chain_mod.write_tables(run_dir, man)
@@ -438,7 +449,8 @@ def report(run_dir: Path) -> list[Path]:
         started = time.time()
         jobs.resolve(spec.report)(run_dir)
         return sorted(p for p in run_dir.glob("*.png") if p.stat().st_mtime >= started - 1)
-    figs = [plots.throughput_figure(run_dir, man), *roles.analyse(run_dir, man)]
+    figs = [plots.throughput_figure(run_dir, man), *roles.analyse(run_dir, man),
+            *[p for p in cc_compare.analyse(run_dir, man) if p.suffix == ".png"]]
     if man.get("chain"):
         figs.append(plots.chain_latency_figure(run_dir, man))
     return [f for f in figs if f is not None]

@@ -113,6 +113,10 @@ class AbnSpec(Strict):
     idle: float = Field(default=1.0, gt=0)
     """Seconds without data after which a flow is done."""
     max_flows: int = Field(default=4096, ge=1, le=1 << 22)
+    queue_drain: float = Field(default=0.5, ge=0, le=60)
+    """Seconds in which a standing queue on the link should drain: each period the shim
+    takes backlog / queue_drain off C_r (the paper's middlebox reads its queue status).
+    0: ignore the queue."""
 
     @property
     def capacity_bps(self) -> float:

@@ -36,6 +36,8 @@ class AbnShimRole:
         """The shim's command line; `link_intf` is the governed link's interface here."""
         s = self.spec
         extra = ["--link-intf", link_intf] if link_intf else []
+        if link_intf and s.queue_drain:
+            extra += ["--queue-drain", f"{s.queue_drain:g}"]
         return [sys.executable, "-m", "abn.shim", "--queue", str(self.queue), *extra,
                 "--capacity-bps", f"{s.capacity_bps:.0f}", "--period", f"{s.period:g}",
                 "--allocator", s.allocator, "--idle", f"{s.idle:g}",
