@@ -1,9 +1,10 @@
 """The ABN shim as a role: `abn: {...}` on a topology host runs `abn.shim` there.
 
 The shim is told the governed link's interface, so only what leaves on it counts against
-the capacity and only traffic crossing it is queued. It installs its FORWARD rules itself (fail-open: --queue-bypass) and removes it when
-it stops; the role starts it in the host's namespace, waits for it to bind its queue,
-stops it with SIGTERM (it prints its counters) and keeps the counters and the per-period
+the capacity, only traffic crossing it is queued, and it can read that link's queue. It
+installs its FORWARD rules itself (fail-open: --queue-bypass) and removes them when it
+stops; the role starts it in the host's namespace, waits for it to bind its queue, stops
+it with SIGTERM (it prints its counters) and keeps the counters and the per-period
 records (`abn/<host>.jsonl`) for the manifest.
 """
 
