@@ -38,6 +38,9 @@ SERIES_CSV = "scheme_throughput.csv"
 FIGURE = "scheme_throughput.png"
 PANTHEON = "scheme_pantheon.png"
 ETHERNET = 14
+STEADY_FROM_S = 5.0
+"""`wire_mbps_from_5s` leaves out each scheme's first seconds: at 200-300 ms RTT the
+receiver's window autotuning alone takes ~3 s to open, whatever the sender does."""
 
 
 @dataclass
@@ -246,6 +249,8 @@ def summarise(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
                         for a, b in zip(t, mbps, strict=True)]
         n_bins = max(1, int(round(sc.duration / 0.1)))
         mean = sum(mbps) / n_bins  # bins with nothing received count as zero
+        late = [v for a, v in zip(t, mbps, strict=True) if a >= STEADY_FROM_S]
+        steady = sum(late) / max(1, n_bins - int(round(STEADY_FROM_S / 0.1)))
         pcaps = [run_dir / c["file"] for c in manifest.get("captures", [])
                  if c["name"].startswith(f"{sc.client}:")]
         view = SenderView([], 0, 0, 0, 1448)
@@ -259,6 +264,7 @@ def summarise(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "scheme": sc.name, "congestion": sc.congestion, "seconds": sc.duration,
             "wire_mbps": round(mean, 2),
+            "wire_mbps_from_5s": round(steady, 2) if sc.duration > 2 * STEADY_FROM_S else "",
             "utilisation": round(mean * 1e6 / cap_bps, 4) if cap_bps else "",
             "goodput_mbps": iperf.get("goodput_mbps", ""),
             "rtt_min_ms": round(float(rtt.min()), 2) if rtt is not None else "",
@@ -380,5 +386,99 @@ def analyse(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     return made + figures(run_dir, manifest)
 
 
-def dump(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=1)
+# ------------------------------------------------------------------ across runs
+
+METRICS = ("wire_mbps", "wire_mbps_from_5s", "utilisation", "goodput_mbps", "rtt_p95_ms", "rtt_p95_inflation_ms",
+           "retrans_segments", "spurious_retrans_segments")
+
+
+def aggregate(run_dirs: list[Path]) -> dict[str, Any]:
+    """Runs of one comparison experiment over several seeds: each metric's mean and 95%
+    CI per scheme, and paired-by-seed differences between schemes (ratios for
+    throughput), each marked significant only when its CI excludes no-difference."""
+    from testbed import manifest as manifest_mod
+    from testbed.stats import mean_ci
+
+    per_run: list[tuple[int, str, dict[str, dict[str, str]]]] = []
+    for d in run_dirs:
+        man = manifest_mod.read(d)
+        if not (d / SUMMARY_CSV).exists():
+            continue
+        rows = {r["congestion"]: r for r in read_summary(d)}
+        per_run.append((int(man.get("seed", 0)), man.get("status", "?"), rows))
+    if not per_run:
+        raise ValueError("no run with a scheme_summary.csv among those given")
+    seeds = [s for s, _, _ in per_run]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"two runs share a seed ({sorted(seeds)}): pass one run per seed")
+    ccs = list(per_run[0][2])
+    out: dict[str, Any] = {"seeds": seeds, "status": [st for _, st, _ in per_run],
+                           "schemes": {}, "paired": []}
+    for cc in ccs:
+        out["schemes"][cc] = {}
+        for m in METRICS:
+            xs = [float(r[cc][m]) for _, _, r in per_run if cc in r and r[cc][m] != ""]
+            if xs:
+                mean, ci = mean_ci(xs)
+                out["schemes"][cc][m] = {"mean": mean, "ci95": ci, "n": len(xs)}
+    pairs = [(x, y) for i, x in enumerate(ccs) for y in ccs[i + 1:]]
+    for lo, hi in pairs:
+        both = [r for _, _, r in per_run if lo in r and hi in r]
+        ratio = [float(r[hi]["wire_mbps"]) / max(float(r[lo]["wire_mbps"]), 1e-9) for r in both]
+        infl = [float(r[hi]["rtt_p95_inflation_ms"]) - float(r[lo]["rtt_p95_inflation_ms"])
+                for r in both if r[hi]["rtt_p95_inflation_ms"] != ""
+                and r[lo]["rtt_p95_inflation_ms"] != ""]
+        entry: dict[str, Any] = {"a": hi, "b": lo, "n": len(both)}
+        if ratio:
+            m, ci = mean_ci(ratio)
+            entry["throughput_ratio"] = {"mean": m, "ci95": ci,
+                                         "significant": len(ratio) > 1 and abs(m - 1) > ci}
+        if infl:
+            m, ci = mean_ci(infl)
+            entry["p95_inflation_diff_ms"] = {"mean": m, "ci95": ci,
+                                              "significant": len(infl) > 1 and abs(m) > ci}
+        out["paired"].append(entry)
+    return out
+
+
+def render(agg: dict[str, Any]) -> str:
+    """A markdown table of an aggregate() result."""
+    lines = [f"seeds {agg['seeds']} (status: {', '.join(agg['status'])})", "",
+             "| scheme | " + " | ".join(METRICS) + " |",
+             "| --- |" + " --- |" * len(METRICS)]
+    for cc, ms in agg["schemes"].items():
+        cells = [f"{ms[m]['mean']:.3g} ± {ms[m]['ci95']:.2g}" if m in ms else "" for m in METRICS]
+        lines.append(f"| {cc} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for p in agg["paired"]:
+        parts = [f"{p['a']} vs {p['b']} (paired by seed, n={p['n']}):"]
+        for key, label in (("throughput_ratio", "throughput ratio"),
+                           ("p95_inflation_diff_ms", "p95 RTT inflation difference (ms)")):
+            if key in p:
+                v = p[key]
+                sig = "significant" if v["significant"] else "NOT significant"
+                parts.append(f"{label} {v['mean']:.3f} ± {v['ci95']:.3f} ({sig})")
+        lines.append(" ".join(parts))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m testbed.cc_compare",
+                                 description="Aggregate comparison runs over seeds: means, "
+                                 "95% CIs, paired differences.")
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders, one per seed")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    args = ap.parse_args(argv)
+    try:
+        agg = aggregate(args.runs)
+    except (ValueError, OSError) as exc:
+        print(f"cc_compare: {exc}")
+        return 2
+    print(json.dumps(agg, indent=1) if args.json else render(agg))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

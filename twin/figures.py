@@ -8,7 +8,6 @@ named workloads (twin/workloads/*.yaml); the scenarios are saved as JSON for rep
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
+from testbed.stats import mean_ci  # noqa: E402
 from twin.agentplus import AgentPlus, AgentPlusSettings  # noqa: E402
 from twin.agents import QAgent, QSettings  # noqa: E402
 from twin.env import EnvSettings  # noqa: E402
@@ -33,17 +33,6 @@ from twin.experiment import (  # noqa: E402
 )
 from twin.scenarios import load_workload  # noqa: E402
 from twin.whatif import WhatIfOptimiser, WhatIfSettings  # noqa: E402
-
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
-def mean_ci(xs: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t confidence interval."""
-    a = np.asarray(xs, dtype=float)
-    if len(a) < 2:
-        return float(a.mean()), 0.0
-    t = _T95.get(len(a) - 1, 1.96 if len(a) > 30 else 2.2)
-    return float(a.mean()), float(t * a.std(ddof=1) / math.sqrt(len(a)))
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -16,7 +16,10 @@ TOPO = {
     "name": "abnline",
     "hosts": {"h1": {}, "h2": {},
               "mb": {"role": "middlebox",
-                     "abn": {"link": "path", "capacity": "40mbit", "period": 0.1}}},
+                     # Cubic ignores the rates and keeps the queue full: the shim would
+                     # take the backlog off C_r; this test checks the accounting alone
+                     "abn": {"link": "path", "capacity": "40mbit", "period": 0.1,
+                             "queue_drain": 0}}},
     "links": [{"name": "left", "ends": ["h1", "mb"]},
               {"name": "path", "ends": ["mb", "h2"], "bw": "100mbit", "delay": "5ms",
                "direction": "forward"}],
@@ -53,7 +56,7 @@ def test_two_flows_are_notified_equal_shares(run_experiment) -> None:
         rates = sorted(f["rate_bps"] for f in r["flows"])
         assert rates[0] == pytest.approx(rates[1], rel=1e-6)
         assert rates[0] == pytest.approx(r["C_r_bps"] / 2, rel=1e-3)
-        assert 0.8 * CAPACITY / 2 < rates[0] <= CAPACITY / 2  # control traffic taken off C
+        assert 0.95 * CAPACITY / 2 < rates[0] <= CAPACITY / 2  # only this way's ACKs off C
     (pcap,) = run_dir.glob("capture_h1_*.pcap")
     out = subprocess.run(
         ["tshark", "-r", str(pcap), "-o", "tcp.check_checksum:TRUE", "-Y",

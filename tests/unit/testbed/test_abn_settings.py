@@ -82,3 +82,17 @@ def test_the_rates_figure_is_drawn_from_the_run_folder_only(tmp_path):
                                              "allocator": "average"}}}}
     (fig,) = roles.analyse(tmp_path, man)
     assert fig.name == "abn_rates_mb.png" and fig.stat().st_size > 10_000
+
+
+def test_the_shim_is_told_its_link_and_drains_its_queue_by_default(tmp_path):
+    t = Topology.model_validate(topo({"role": "middlebox",
+                                      "abn": {"link": "path", "capacity": "40mbit"}}))
+    exp = Experiment.model_validate({"name": "x", "topology": "t.yaml"})
+    (role,) = abn_shim.build(t, exp, tmp_path)
+    argv = role.argv("mb-eth1")
+    assert argv[argv.index("--link-intf") + 1] == "mb-eth1"
+    assert argv[argv.index("--queue-drain") + 1] == "0.5"
+    t0 = Topology.model_validate(topo({"role": "middlebox", "abn": {
+        "link": "path", "capacity": "40mbit", "queue_drain": 0}}))
+    (role0,) = abn_shim.build(t0, exp, tmp_path)
+    assert "--queue-drain" not in role0.argv("mb-eth1")

@@ -3,6 +3,7 @@ Karn's rule, retransmitted bytes, D-SACKed (spurious) bytes; which runs qualify.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from pathlib import Path
@@ -83,3 +84,35 @@ def test_only_runs_comparing_schemes_with_both_ends_captured_qualify() -> None:
         == ["cubic", "abn"]
     assert cc_compare.schemes(man(["cubic", "cubic"], ["e1", "e3"])) == []
     assert cc_compare.schemes(man(["cubic", "abn"], ["e1"])) == []
+
+
+def _fake_run(root: Path, seed: int, abn: float, bbr: float, infl: tuple[float, float]) -> Path:
+    d = root / f"run{seed}"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps({"seed": seed, "status": "ok"}))
+    cols = ["scheme", "congestion", *cc_compare.METRICS]
+    rows = [["bbr", "bbr", bbr, bbr, bbr / 300, bbr * 0.95, 100, infl[0], 10, 9],
+            ["abn", "abn", abn, abn, abn / 300, abn * 0.95, 90, infl[1], 5, 1]]
+    (d / cc_compare.SUMMARY_CSV).write_text(
+        "\n".join(",".join(map(str, r)) for r in [cols, *rows]) + "\n")
+    return d
+
+
+def test_aggregate_pairs_by_seed_and_says_when_a_difference_is_not_significant(
+        tmp_path: Path) -> None:
+    # ABN beats BBR by ~10% in every seed: significant; the RTT difference flips sign
+    runs = [_fake_run(tmp_path, 1, 290, 262, (40, 35)), _fake_run(tmp_path, 2, 295, 270, (30, 38)),
+            _fake_run(tmp_path, 3, 288, 259, (42, 37))]
+    agg = cc_compare.aggregate(runs)
+    assert agg["seeds"] == [1, 2, 3]
+    assert agg["schemes"]["abn"]["wire_mbps"]["mean"] == pytest.approx(291)
+    (pair,) = agg["paired"]
+    assert (pair["a"], pair["b"]) == ("abn", "bbr")
+    assert pair["throughput_ratio"]["significant"]
+    assert pair["throughput_ratio"]["mean"] == pytest.approx(
+        (290 / 262 + 295 / 270 + 288 / 259) / 3)
+    assert not pair["p95_inflation_diff_ms"]["significant"]
+    text = cc_compare.render(agg)
+    assert "NOT significant" in text and "abn vs bbr" in text
+    with pytest.raises(ValueError, match="share a seed"):
+        cc_compare.aggregate([*runs, runs[0]])
