@@ -388,8 +388,8 @@ def analyse(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
 
 # ------------------------------------------------------------------ across runs
 
-METRICS = ("wire_mbps", "wire_mbps_from_5s", "utilisation", "goodput_mbps", "rtt_p95_ms", "rtt_p95_inflation_ms",
-           "retrans_segments", "spurious_retrans_segments")
+METRICS = ("wire_mbps", "wire_mbps_from_5s", "utilisation", "goodput_mbps", "rtt_p95_ms",
+           "rtt_p95_inflation_ms", "retrans_segments", "spurious_retrans_segments")
 
 
 def aggregate(run_dirs: list[Path]) -> dict[str, Any]:
@@ -430,13 +430,13 @@ def aggregate(run_dirs: list[Path]) -> dict[str, Any]:
                 and r[lo]["rtt_p95_inflation_ms"] != ""]
         entry: dict[str, Any] = {"a": hi, "b": lo, "n": len(both)}
         if ratio:
-            m, ci = mean_ci(ratio)
-            entry["throughput_ratio"] = {"mean": m, "ci95": ci,
-                                         "significant": len(ratio) > 1 and abs(m - 1) > ci}
+            mu, ci = mean_ci(ratio)
+            entry["throughput_ratio"] = {"mean": mu, "ci95": ci,
+                                         "significant": len(ratio) > 1 and abs(mu - 1) > ci}
         if infl:
-            m, ci = mean_ci(infl)
-            entry["p95_inflation_diff_ms"] = {"mean": m, "ci95": ci,
-                                              "significant": len(infl) > 1 and abs(m) > ci}
+            mu, ci = mean_ci(infl)
+            entry["p95_inflation_diff_ms"] = {"mean": mu, "ci95": ci,
+                                              "significant": len(infl) > 1 and abs(mu) > ci}
         out["paired"].append(entry)
     return out
 
