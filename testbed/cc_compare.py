@@ -428,7 +428,8 @@ def aggregate(run_dirs: list[Path]) -> dict[str, Any]:
         infl = [float(r[hi]["rtt_p95_inflation_ms"]) - float(r[lo]["rtt_p95_inflation_ms"])
                 for r in both if r[hi]["rtt_p95_inflation_ms"] != ""
                 and r[lo]["rtt_p95_inflation_ms"] != ""]
-        entry: dict[str, Any] = {"a": hi, "b": lo, "n": len(both)}
+        entry: dict[str, Any] = {"a": hi, "b": lo, "n": len(both),
+                                 "a_faster_in": sum(x > 1 for x in ratio)}
         if ratio:
             mu, ci = mean_ci(ratio)
             entry["throughput_ratio"] = {"mean": mu, "ci95": ci,
@@ -451,7 +452,8 @@ def render(agg: dict[str, Any]) -> str:
         lines.append(f"| {cc} | " + " | ".join(cells) + " |")
     lines.append("")
     for p in agg["paired"]:
-        parts = [f"{p['a']} vs {p['b']} (paired by seed, n={p['n']}):"]
+        parts = [f"{p['a']} vs {p['b']} (paired by seed, n={p['n']}; {p['a']} faster in "
+                 f"{p['a_faster_in']} of {p['n']}):"]
         for key, label in (("throughput_ratio", "throughput ratio"),
                            ("p95_inflation_diff_ms", "p95 RTT inflation difference (ms)")):
             if key in p:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import shlex
 import signal
 import subprocess
 import time
@@ -35,7 +34,6 @@ from testbed import chain as chain_mod
 from testbed.config import PROJECT_ROOT, LoadedExperiment
 from testbed.errors import EmulationError, ProcessFailed
 from testbed.experiment_schema import (
-    Command,
     HostState,
     Iperf3Client,
     Iperf3Server,
@@ -192,7 +190,6 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
     setLogLevel("warning")
     logging.getLogger("mininet").propagate = False  # it has its own handler; no duplicates
     running: dict[str, processes.Running] = {}
-    captures: list[tuple[dict[str, Any], subprocess.Popen[bytes]]] = []
     events_done: list[dict[str, Any]] = []
     t0_wall = 0.0
     sampler = health.HostCpuSampler(run_dir)
@@ -203,28 +200,10 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
             sampler.start()
             man["commands"] = net.commands
             manifest.write(run_dir, man)
-            for cap in exp.captures:
-                intfs = [cap.intf] if cap.intf else [x.name for x in net.plan.intfs_of(cap.host)]
-                for intf in intfs:
-                    fname = f"capture_{cap.host}_{intf}.pcap"
-                    log_name = f"tcpdump_{cap.host}_{intf}.log"
-                    argv = ["tcpdump", "-n", "-i", intf, "-s", str(cap.snaplen), "-w",
-                            str(run_dir / fname), *cap.filter.split()]
-                    err = open(logs / log_name, "wb")
-                    proc = popen(net.node(cap.host), argv, stdin=subprocess.DEVNULL,
-                                 stdout=err, stderr=err)
-                    err.close()
-                    captures.append(({"name": f"{cap.host}:{intf}", "file": fname,
-                                      "log": log_name, "argv": argv}, proc))
-            _wait_captures_ready(logs, captures)
-            chain = None
-            if exp.chain is not None:
-                chain = chain_mod.prepare(exp, net.plan, run_dir)
-                man["chain"] = {"folder": "chain", "addresses": chain.addresses}
-                _start_validators(chain, net, running, logs)
-            for role in role_list:  # the roles' own lifecycle (testbed/roles)
+            for role in role_list:  # captures, validators, ABN sender and shim (testbed/roles)
                 role.start(net)
                 role.ready(timeout=20)
+            chain = roles.chain_runtime(role_list)
             t0_wall = time.time()
             man["timeline_t0_unix"] = t0_wall
             _timeline(loaded, net, running, events_done, logs, run_dir,
@@ -242,16 +221,12 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                     role.stop()
                 except Exception as exc:  # noqa: BLE001 - teardown must go on
                     log.warning("stopping role %s: %s", role.name, exc)
-            for _, proc in captures:
-                _stop_process(proc, sig=signal.SIGINT)
             try:
                 net.stop()
             finally:
                 man["processes"] = [r.summary() for r in running.values()]
                 man["events"] = events_done
-                man["captures"] = [c for c, _ in captures]
-                if role_list:
-                    man["roles"] = {role.name: role.collect() for role in role_list}
+                man.update(roles.collect(role_list))
                 man["delay_lines"] = net.delay_line_stats()
                 man["delay_line_offload"] = net.offload
                 man["commands"] = net.commands
@@ -261,34 +236,6 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
                         expect_delay_line=bool(net.delay_lines)).to_dict()
                 manifest.write(run_dir, man)
     _analyse(run_dir, man, net, t0_wall)
-
-
-def _start_validators(chain: chain_mod.ChainRuntime, net: Network,
-                      running: dict[str, processes.Running], logs: Path) -> None:
-    """One validator per host; the timeline starts once every one listens."""
-    for i, host in enumerate(chain.spec.validators):
-        argv = chain.node_argv(i)
-        spec = Command(name=f"node-v{i}", kind="command", host=host, command=shlex.join(argv),
-                       required=True)
-        running[spec.name] = processes.start(net.node(host), spec, argv, logs, 0.0)
-    for i, host in enumerate(chain.spec.validators):
-        if not processes.wait_listening(net.node(host), chain.spec.port, timeout=30):
-            r = running[f"node-v{i}"]
-            err = r.log_path.with_suffix(".stderr").read_text(errors="replace")[-500:]
-            raise EmulationError(f"validator v{i} on {host} did not start listening on "
-                                 f"port {chain.spec.port}: {err.strip()}")
-
-
-def _wait_captures_ready(logs: Path, captures: list[tuple[dict[str, Any], Any]]) -> None:
-    deadline = time.monotonic() + 5
-    for cap, proc in captures:
-        path = logs / cap["log"]
-        while b"listening on" not in path.read_bytes():
-            if proc.poll() is not None:
-                raise EmulationError(f"tcpdump on {cap['name']} failed: {path.read_text()}")
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
 
 
 def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, processes.Running],
@@ -322,6 +269,10 @@ def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, process
                                now, chain, role_list or [])
             events_done.append(record)
         _check_processes(running)
+        for role in role_list or []:
+            check = getattr(role, "check", None)
+            if check is not None:
+                check()
         net.check_delay_lines()
         if now >= exp.duration:
             break
@@ -429,12 +380,6 @@ def _analyse(run_dir: Path, man: dict[str, Any], net: Network, t0: float) -> Non
         made.append(fig.name)
     made += [p.name for p in roles.analyse(run_dir, man)]
     made += [p.name for p in cc_compare.analyse(run_dir, man)]
-    if man.get("chain"):
-        man["chain"]["ledger_check"] = chain_mod.ledger_check(run_dir / "chain")
-        made += chain_mod.write_tables(run_dir, man)
-        fig = plots.chain_latency_figure(run_dir, man)
-        if fig is not None:
-            made.append(fig.name)
     man["artifacts"] = made
     manifest.write(run_dir, man)
 
@@ -450,7 +395,5 @@ def report(run_dir: Path) -> list[Path]:
         jobs.resolve(spec.report)(run_dir)
         return sorted(p for p in run_dir.glob("*.png") if p.stat().st_mtime >= started - 1)
     figs = [plots.throughput_figure(run_dir, man), *roles.analyse(run_dir, man),
-            *[p for p in cc_compare.analyse(run_dir, man) if p.suffix == ".png"]]
-    if man.get("chain"):
-        figs.append(plots.chain_latency_figure(run_dir, man))
-    return [f for f in figs if f is not None]
+            *cc_compare.analyse(run_dir, man)]
+    return [f for f in figs if f is not None and f.suffix == ".png"]

@@ -6,10 +6,12 @@ A role module exposes `build(topology, experiment, run_dir) -> list[Role]` and
 so `chaintwin report` redraws them); `ROLE_MODULES` lists the modules the runner asks.
 The runner calls, for every role, `start` then `ready` (in list order, before the
 timeline), and at the end `stop` then `collect` (in reverse order, also after an error
-or Ctrl-C). A role that must shape how the timeline's processes start (the ABN sender
-puts them in its cgroup) also has `wrap_process(argv) -> argv`. Today the ABN shim and
-the ABN sender are roles; traffic, chain validators and the twin are
-still sequenced by the runner itself and move here next.
+or Ctrl-C). Optional: `wrap_process(argv) -> argv` (shape how the timeline's processes
+start: the ABN sender puts them in its cgroup), `check()` (called on every timeline
+tick; raises if the role failed, e.g. a validator died), `manifest_key` (keep what
+`collect` returns at that manifest key instead of under `roles`). Roles: packet
+captures, the chain's validators, the ABN sender and shim. The timeline's own processes
+(traffic, clients) are what the runner sequences; the twin service plugs in as a role.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from typing import Any, Protocol
 from testbed.experiment_schema import Experiment
 from testbed.topology_schema import Topology
 
-ROLE_MODULES = ("testbed.roles.abn_sender", "testbed.roles.abn_shim")
+ROLE_MODULES = ("testbed.roles.captures", "testbed.roles.validators",
+                "testbed.roles.abn_sender", "testbed.roles.abn_shim")
+"""In start order: captures first (they see everything), the chain, then the ABN sender
+(the congestion control and cgroup) before the shim that feeds it."""
 
 
 class Role(Protocol):
@@ -46,6 +51,24 @@ def build(topology: Topology, experiment: Experiment, run_dir: Path) -> list[Rol
     for name in ROLE_MODULES:
         roles += importlib.import_module(name).build(topology, experiment, run_dir)
     return roles
+
+
+def collect(roles: list[Role]) -> dict[str, Any]:
+    """What the manifest keeps: a role with a `manifest_key` (captures, chain) under that
+    key, the others under `roles` by name."""
+    out: dict[str, Any] = {}
+    for role in roles:
+        key = getattr(role, "manifest_key", None)
+        if key is not None:
+            out[key] = role.collect()
+        else:
+            out.setdefault("roles", {})[role.name] = role.collect()
+    return out
+
+
+def chain_runtime(roles: list[Role]) -> Any:
+    """The started chain (what the timeline's clients and protocol switches talk to)."""
+    return next((r.runtime for r in roles if r.name == "validators"), None)  # type: ignore[attr-defined]
 
 
 def wrap_process(roles: list[Role], argv: list[str]) -> list[str]:

@@ -108,7 +108,7 @@ def test_aggregate_pairs_by_seed_and_says_when_a_difference_is_not_significant(
     assert agg["schemes"]["abn"]["wire_mbps"]["mean"] == pytest.approx(291)
     (pair,) = agg["paired"]
     assert (pair["a"], pair["b"]) == ("abn", "bbr")
-    assert pair["throughput_ratio"]["significant"]
+    assert pair["throughput_ratio"]["significant"] and pair["a_faster_in"] == 3
     assert pair["throughput_ratio"]["mean"] == pytest.approx(
         (290 / 262 + 295 / 270 + 288 / 259) / 3)
     assert not pair["p95_inflation_diff_ms"]["significant"]

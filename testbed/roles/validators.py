@@ -1,0 +1,96 @@
+"""The chain's validators as a role: one `nodes` validator per listed host, on keys and
+a genesis written for the run; ready once every one listens; supervised (a validator
+that exits fails the run); stopped with SIGTERM. The manifest keeps `chain` (folder,
+addresses, the validators' processes); the analysis checks the ledgers and writes the
+latency and block tables and figure from the run folder only."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from pathlib import Path
+from typing import Any
+
+from testbed import chain as chain_mod
+from testbed import processes
+from testbed.errors import EmulationError, ProcessFailed
+from testbed.experiment_schema import Command, Experiment
+from testbed.topology_schema import Topology
+
+
+class ValidatorsRole:
+    name = "validators"
+    manifest_key = "chain"
+
+    def __init__(self, experiment: Experiment, run_dir: Path) -> None:
+        self.experiment, self.run_dir = experiment, run_dir
+        self.runtime: chain_mod.ChainRuntime | None = None
+        self.running: dict[str, processes.Running] = {}
+        self.net: Any = None
+
+    def start(self, net: Any) -> None:
+        self.net = net
+        self.runtime = chain_mod.prepare(self.experiment, net.plan, self.run_dir)
+        logs = self.run_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        for i, host in enumerate(self.runtime.spec.validators):
+            argv = self.runtime.node_argv(i)
+            spec = Command(name=f"node-v{i}", kind="command", host=host,
+                           command=shlex.join(argv), required=True)
+            self.running[spec.name] = processes.start(net.node(host), spec, argv, logs, 0.0)
+
+    def ready(self, timeout: float) -> None:
+        assert self.runtime is not None
+        port = self.runtime.spec.port
+        for i, host in enumerate(self.runtime.spec.validators):
+            if not processes.wait_listening(self.net.node(host), port, timeout=max(timeout, 30)):
+                r = self.running[f"node-v{i}"]
+                err = r.log_path.with_suffix(".stderr").read_text(errors="replace")[-500:]
+                raise EmulationError(f"validator v{i} on {host} did not start listening on "
+                                     f"port {port}: {err.strip()}")
+
+    def check(self) -> None:
+        """Raise ProcessFailed if a validator exited while the run goes on."""
+        for r in self.running.values():
+            code = r.proc.poll()
+            if code is None or r.ended_at is not None:
+                continue
+            import time
+
+            r.ended_at = time.time()
+            if not r.stopped_by_us:
+                err = r.log_path.with_suffix(".stderr")
+                tail = err.read_text(errors="replace")[-400:] if err.exists() else ""
+                raise ProcessFailed(f"validator {r.spec.name} on {r.spec.host} exited with "
+                                    f"{code}: {tail.strip()}")
+
+    def stop(self) -> None:
+        from testbed.network import _stop_process
+
+        for r in self.running.values():
+            if r.proc.poll() is None:
+                r.stopped_by_us = True
+                _stop_process(r.proc, sig=signal.SIGTERM)
+
+    def collect(self) -> dict[str, Any]:
+        if self.runtime is None:
+            return {}
+        return {"folder": "chain", "addresses": self.runtime.addresses,
+                "processes": [r.summary() for r in self.running.values()]}
+
+
+def build(topology: Topology, experiment: Experiment, run_dir: Path) -> list[ValidatorsRole]:
+    return [ValidatorsRole(experiment, run_dir)] if experiment.chain is not None else []
+
+
+def analyse(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Ledger agreement (kept in the manifest's `chain`), the per-transaction and
+    per-block tables and the latency figure."""
+    if not manifest.get("chain"):
+        return []
+    from testbed import plots
+
+    manifest["chain"]["ledger_check"] = chain_mod.ledger_check(run_dir / "chain")
+    made = [run_dir / name for name in chain_mod.write_tables(run_dir, manifest)]
+    fig = plots.chain_latency_figure(run_dir, manifest)
+    return made + ([fig] if fig is not None else [])
