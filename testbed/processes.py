@@ -111,3 +111,22 @@ def wait_listening(node: Any, port: int, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def check_exits(running: dict[str, Running]) -> None:
+    """Note the end of every process that exited; raise ProcessFailed for one that had to
+    succeed and failed without the runner stopping it (its log's tail says why)."""
+    from testbed.errors import ProcessFailed
+
+    for r in running.values():
+        code = r.proc.poll()
+        if code is None or r.ended_at is not None:
+            continue
+        r.ended_at = time.time()
+        if code != 0 and not r.stopped_by_us and r.spec.must_succeed():
+            err = r.log_path.with_suffix(".stderr")
+            tail = err.read_text(errors="replace")[-400:] if err.exists() else ""
+            if not tail.strip():
+                tail = r.log_path.read_text(errors="replace")[-400:]
+            raise ProcessFailed(f"process {r.spec.name} on {r.spec.host} exited with {code}: "
+                                f"{tail.strip()}")

@@ -32,7 +32,7 @@ from testbed import (
 )
 from testbed import chain as chain_mod
 from testbed.config import PROJECT_ROOT, LoadedExperiment
-from testbed.errors import EmulationError, ProcessFailed
+from testbed.errors import EmulationError
 from testbed.experiment_schema import (
     HostState,
     Iperf3Client,
@@ -268,7 +268,7 @@ def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, process
             record = _do_event(ev, net, running, specs, servers, logs, run_dir, exp.duration,
                                now, chain, role_list or [])
             events_done.append(record)
-        _check_processes(running)
+        processes.check_exits(running)
         for role in role_list or []:
             check = getattr(role, "check", None)
             if check is not None:
@@ -341,21 +341,6 @@ def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
         net.set_host_state(ev.host, ev.action == "host_up")
     log.info("t=%.2f %s", now, rec)
     return rec
-
-
-def _check_processes(running: dict[str, processes.Running]) -> None:
-    for r in running.values():
-        code = r.proc.poll()
-        if code is None or r.ended_at is not None:
-            continue
-        r.ended_at = time.time()
-        if code != 0 and not r.stopped_by_us and r.spec.must_succeed():
-            err = r.log_path.with_suffix(".stderr")
-            tail = err.read_text(errors="replace")[-400:] if err.exists() else ""
-            if not tail.strip():
-                tail = r.log_path.read_text(errors="replace")[-400:]
-            raise ProcessFailed(f"process {r.spec.name} on {r.spec.host} exited with {code}: "
-                                f"{tail.strip()}")
 
 
 def _analyse(run_dir: Path, man: dict[str, Any], net: Network, t0: float) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from testbed import chain as chain_mod
 from testbed import processes
-from testbed.errors import EmulationError, ProcessFailed
+from testbed.errors import EmulationError
 from testbed.experiment_schema import Command, Experiment
 from testbed.topology_schema import Topology
 
@@ -50,19 +50,8 @@ class ValidatorsRole:
                                      f"port {port}: {err.strip()}")
 
     def check(self) -> None:
-        """Raise ProcessFailed if a validator exited while the run goes on."""
-        for r in self.running.values():
-            code = r.proc.poll()
-            if code is None or r.ended_at is not None:
-                continue
-            import time
-
-            r.ended_at = time.time()
-            if not r.stopped_by_us:
-                err = r.log_path.with_suffix(".stderr")
-                tail = err.read_text(errors="replace")[-400:] if err.exists() else ""
-                raise ProcessFailed(f"validator {r.spec.name} on {r.spec.host} exited with "
-                                    f"{code}: {tail.strip()}")
+        """Raise ProcessFailed if a validator failed while the run goes on."""
+        processes.check_exits(self.running)
 
     def stop(self) -> None:
         from testbed.network import _stop_process
