@@ -39,6 +39,7 @@ from typing import IO, Any
 
 from abn.allocators import get_allocator, residual_capacity
 from abn.flows import FlowKey, FlowTable
+from abn.hints import DeclarationListener
 from abn.options import kbps_from_bps
 from abn.periodic import run_periodic
 
@@ -59,6 +60,9 @@ class ShimConfig:
     queue_drain_s: float = 0.0
     """With link_intf: each period, C_r loses backlog / queue_drain_s, so a standing
     queue on the link drains in about that long (0: the queue is not read)."""
+    hints_port: int | None = None
+    """UDP port on which senders declare flows' sizes and deadlines (abn.hints); None:
+    no declarations, every flow is only observed."""
 
     def __post_init__(self) -> None:
         if not self.capacity_bps > 0:
@@ -68,6 +72,8 @@ class ShimConfig:
         if self.queue_drain_s < 0 or (self.queue_drain_s and self.link_intf is None):
             raise ValueError("queue drain needs the link's interface (--link-intf) and a "
                              f"time >= 0, got {self.queue_drain_s} s")
+        if self.hints_port is not None and not 1 <= self.hints_port <= 65535:
+            raise ValueError(f"hints port must be 1..65535, got {self.hints_port}")
         if not self.idle_s >= self.period_s:
             raise ValueError(f"idle timeout {self.idle_s} s is shorter than a period")
         get_allocator(self.allocator)  # an unknown name fails here, naming the known ones
@@ -92,6 +98,7 @@ class Shim:
                 raise ValueError(f"no interface {cfg.link_intf!r} in this namespace "
                                  "(--link-intf)") from None
         self.backlog = QueueBacklog(ifindex) if cfg.queue_drain_s and ifindex else None
+        self.hints = DeclarationListener(cfg.hints_port) if cfg.hints_port else None
         self.lane = self.loop.add_lane(cfg.queue, {"delay_us": 0},
                                        abn_max_flows=cfg.max_flows, abn_out_ifindex=ifindex)
 
@@ -106,6 +113,9 @@ class Shim:
                                    wire_bytes=f["wire"])
         self.table.expire(now, cfg.idle_s)
         self.table.take_period()
+        declared = self.hints.drain() if self.hints is not None else []
+        for d in declared:
+            self.table.register(d.key, now, d.size_bytes, d.deadline_slots(cfg.period_s))
         c_r = residual_capacity(cfg.capacity_bps, snap["non_tcp_bytes"] * 8 / cfg.period_s,
                                 snap["control_bytes"] * 8 / cfg.period_s)
         backlog = self.backlog.bytes() if self.backlog is not None else None
@@ -125,8 +135,11 @@ class Shim:
                "non_tcp_bytes": snap["non_tcp_bytes"], "control_bytes": snap["control_bytes"],
                "backlog_bytes": backlog,
                "untracked_packets": snap["untracked_packets"], "no_rate": snap["no_rate"],
-               "missing": missing,
+               "missing": missing, "declared": len(declared),
                "flows": [{"key": list(k[:4]), "rate_bps": round(r)} for k, r in rates.items()]}
+        if self.hints is not None and self.hints.refused:
+            rec["declarations_refused"] = self.hints.refused
+            rec["last_refusal"] = self.hints.last_error
         if self.records is not None:
             self.records.write(json.dumps(rec) + "\n")
             self.records.flush()
@@ -146,6 +159,8 @@ class Shim:
 
     def close(self) -> None:
         self.loop.close()
+        if self.hints is not None:
+            self.hints.close()
         if self.backlog is not None:
             self.backlog.close()
 
@@ -200,13 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-intf", help="the governed link's interface on this host")
     ap.add_argument("--queue-drain", type=float, default=0.0,
                     help="seconds to drain the link's standing queue in (0: ignore it)")
+    ap.add_argument("--hints-port", type=int,
+                    help="UDP port for flow declarations (size, deadline; abn.hints)")
     ap.add_argument("--records", help="append one JSON line per period here")
     ap.add_argument("--iptables", action="store_true", help="install the FORWARD rule too")
     ap.add_argument("--no-control", action="store_true", help="ignore stdin")
     args = ap.parse_args(argv)
     try:
         cfg = ShimConfig(args.queue, args.capacity_bps, args.period, args.allocator, args.idle,
-                         args.max_flows, args.link_intf, args.queue_drain)
+                         args.max_flows, args.link_intf, args.queue_drain, args.hints_port)
         shim = Shim(cfg, None)
     except ValueError as exc:
         print(f"abn.shim: {exc}", file=sys.stderr)

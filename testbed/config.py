@@ -22,6 +22,7 @@ from testbed.experiment_schema import (
     LinkState,
     Ping,
     SetLink,
+    SlimClient,
     SwitchProtocol,
 )
 from testbed.topology_schema import Topology
@@ -191,9 +192,15 @@ def check_against_topology(exp: Experiment, topo: Topology, source: str) -> None
         if p.host not in hosts:
             problems.append(f"processes[{i}].host: unknown host {p.host!r}; known: {sorted(hosts)}")
         target = getattr(p, "server", None) or getattr(p, "target", None)
-        if isinstance(p, Iperf3Client | Ping) and target not in hosts:
-            field = "server" if isinstance(p, Iperf3Client) else "target"
+        if isinstance(p, Iperf3Client | Ping | SlimClient) and target not in hosts:
+            field = "target" if isinstance(p, Ping) else "server"
             problems.append(f"processes[{i}].{field}: unknown host {target!r}")
+        if isinstance(p, SlimClient) and p.declare is not None:
+            shim = (exp.abn[p.declare] if p.declare in exp.abn
+                    else topo.hosts[p.declare].abn if p.declare in hosts else None)
+            if shim is None or shim.hints_port is None:
+                problems.append(f"processes[{i}].declare: host {p.declare!r} runs no ABN shim "
+                                "with a hints_port to declare flows to")
         if p.stop is not None and p.stop <= p.start:
             problems.append(f"processes[{i}].stop: must be after start ({p.start} s)")
     for i, ev in enumerate(exp.timeline):

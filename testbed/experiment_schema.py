@@ -72,6 +72,41 @@ class Command(ProcessBase):
     run folder."""
 
 
+class SlimServer(ProcessBase):
+    """The receiving end of slim flows (abn/slim.py)."""
+
+    kind: Literal["slim_server"]
+    port: int = Field(default=6100, ge=1024, le=65535)
+
+
+class SlimClient(ProcessBase):
+    """Slim flows (abn/slim.py): bursts of short transfers, each a new TCP connection with
+    a deadline, completion times streamed to slim_<name>.csv in the run folder."""
+
+    kind: Literal["slim_client"]
+    server: str
+    """Host name of the slim_server."""
+    port: int = Field(default=6100, ge=1024, le=65535)
+    size: int = Field(ge=1, le=1 << 32)
+    """Bytes per transfer."""
+    deadline: Annotated[float, Field(gt=0, le=3600)]
+    """Seconds a transfer may take (connect to the server's answer)."""
+    burst: int = Field(default=4, ge=1, le=256)
+    """Transfers started together (4: the paper's PBFT validators)."""
+    interval: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds between bursts."""
+    count: int = Field(default=10, ge=1)
+    """Bursts."""
+    congestion: str | None = None
+    """TCP congestion control of the transfers; default the host's."""
+    declare: str | None = None
+    """Host whose ABN shim takes flow declarations (its `abn.hints_port`): each transfer
+    declares its size and deadline there first (abn/hints.py)."""
+
+    def must_succeed(self) -> bool:
+        return True if self.required is None else self.required
+
+
 _NUM = r"\d+(\.\d+)?"
 _SCHEDULE = rf"^{_NUM}:{_NUM}(,{_NUM}:{_NUM})*$"
 
@@ -103,7 +138,8 @@ class ChainClient(ProcessBase):
         return self
 
 
-Process = Annotated[Iperf3Server | Iperf3Client | Ping | Command | ChainClient,
+Process = Annotated[Iperf3Server | Iperf3Client | Ping | Command | ChainClient
+                    | SlimServer | SlimClient,
                     Field(discriminator="kind")]
 
 

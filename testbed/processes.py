@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +21,28 @@ from testbed.experiment_schema import (
     Iperf3Server,
     Ping,
     Process,
+    SlimClient,
+    SlimServer,
 )
 from testbed.network import popen
 
 ROLE_OUTPUTS = {"iperf3_client": "json", "iperf3_server": "json"}
+SERVER_KINDS = (Iperf3Server, SlimServer)
+"""Processes that listen on a port: started before the clients due at the same time, and
+waited for until they listen."""
+
+
+def server_address(p: Process) -> tuple[str, int] | None:
+    """(host, port) of the server a client process connects to, if it is one."""
+    if isinstance(p, Iperf3Client | SlimClient):
+        return p.server, p.port
+    return None
 
 
 def argv_for(p: Process, plan: Plan, run_dir: Path, run_duration: float,
-             chain: ChainRuntime | None = None) -> list[str]:
-    """The command line that starts process `p` on its host."""
+             chain: ChainRuntime | None = None, declare_port: int | None = None) -> list[str]:
+    """The command line that starts process `p` on its host; `declare_port` is the hints
+    port of the shim a slim client declares its flows to."""
     if isinstance(p, Iperf3Server):
         return ["iperf3", "-s", "-p", str(p.port), "-J", "--forceflush"]
     if isinstance(p, Iperf3Client):
@@ -48,6 +62,21 @@ def argv_for(p: Process, plan: Plan, run_dir: Path, run_duration: float,
                 "-s", str(p.size), plan.ip_of(p.target)]
     if isinstance(p, Command):
         return ["bash", "-c", expand(p.command, plan, run_dir)]
+    if isinstance(p, SlimServer):
+        return [sys.executable, "-m", "abn.slim", "server", "--port", str(p.port)]
+    if isinstance(p, SlimClient):
+        argv = [sys.executable, "-m", "abn.slim", "client", "--server", plan.ip_of(p.server),
+                "--port", str(p.port), "--size", str(p.size), "--deadline", f"{p.deadline:g}",
+                "--burst", str(p.burst), "--interval", f"{p.interval:g}",
+                "--count", str(p.count), "--out", str(run_dir / f"slim_{p.name}.csv")]
+        if p.congestion:
+            argv += ["--congestion", p.congestion]
+        if p.declare is not None:
+            if declare_port is None:
+                raise ConfigError(f"process {p.name}: declare: host {p.declare!r} runs no ABN "
+                                  "shim with a hints_port")
+            argv += ["--declare", f"{plan.ip_of(p.declare)}:{declare_port}"]
+        return argv
     if isinstance(p, ChainClient):
         if chain is None:
             raise ConfigError(f"process {p.name}: chain_client needs a 'chain' section")

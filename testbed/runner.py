@@ -36,10 +36,10 @@ from testbed.errors import EmulationError
 from testbed.experiment_schema import (
     HostState,
     Iperf3Client,
-    Iperf3Server,
     LinkState,
     ProcessControl,
     SetLink,
+    SlimClient,
     SwitchProtocol,
 )
 from testbed.network import Network, _stop_process, popen
@@ -160,7 +160,8 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
         raise EmulationError("this machine cannot run emulations:\n  " + "\n  ".join(missing)
                              + "\n(`chaintwin doctor` shows the full report)")
     for p in exp.processes:
-        if isinstance(p, Iperf3Client) and p.congestion not in caps.congestion_controls:
+        if (isinstance(p, Iperf3Client | SlimClient) and p.congestion is not None
+                and p.congestion not in caps.congestion_controls):
             if p.congestion == "abn":  # registered by the ABN sender role for the run
                 chk = caps.get(capabilities.ABN_CC)
                 if chk is None or not chk.ok:
@@ -244,11 +245,12 @@ def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, process
               role_list: list[roles.Role] | None = None) -> None:
     exp = loaded.experiment
     specs = {p.name: p for p in exp.processes}
-    servers = {(p.host, p.port): p.name for p in exp.processes if isinstance(p, Iperf3Server)}
+    servers = {(p.host, p.port): p.name for p in exp.processes
+               if isinstance(p, processes.SERVER_KINDS)}
     queue: list[tuple[float, int, int, Any]] = []
     seq = 0
     for p in exp.processes:
-        order = 0 if isinstance(p, Iperf3Server) else 1
+        order = 0 if isinstance(p, processes.SERVER_KINDS) else 1
         queue.append((p.start, order, seq, ProcessControl(at=p.start, action="start",
                                                           process=p.name)))
         seq += 1
@@ -278,7 +280,7 @@ def _timeline(loaded: LoadedExperiment, net: Network, running: dict[str, process
             break
         if exp.until_done and not queue and all(
                 r.proc.poll() is not None for r in running.values()
-                if not isinstance(r.spec, Iperf3Server)):
+                if not isinstance(r.spec, processes.SERVER_KINDS)):
             break
         if prog is not None:
             nxt = f"next: {queue[0][3].action} at {queue[0][0]:g} s" if queue else ""
@@ -299,16 +301,20 @@ def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
         rec["process"] = ev.process
         spec = specs[ev.process]
         if ev.action == "start":
-            if isinstance(spec, Iperf3Client):
-                srv = servers.get((spec.server, spec.port))
+            address = processes.server_address(spec)
+            if address is not None:
+                srv = servers.get(address)
                 if srv and srv in running:
-                    processes.wait_listening(net.node(spec.server), spec.port)
-            argv = processes.argv_for(spec, net.plan, run_dir, duration, chain)
+                    processes.wait_listening(net.node(address[0]), address[1])
+            declare = getattr(spec, "declare", None)
+            hints = net.topo.hosts[declare].abn if declare in net.topo.hosts else None
+            argv = processes.argv_for(spec, net.plan, run_dir, duration, chain,
+                                      hints.hints_port if hints is not None else None)
             running[spec.name] = processes.start(net.node(spec.host), spec, argv, logs, now,
                                                  roles.wrap_process(role_list or [], argv))
-            if isinstance(spec, Iperf3Server) and not processes.wait_listening(
+            if isinstance(spec, processes.SERVER_KINDS) and not processes.wait_listening(
                     net.node(spec.host), spec.port):
-                raise EmulationError(f"iperf3 server {spec.name} is not listening on "
+                raise EmulationError(f"{spec.kind} {spec.name} is not listening on "
                                      f"{spec.host}:{spec.port}")
         elif ev.process in running and running[ev.process].proc.poll() is None:
             running[ev.process].stopped_by_us = True

@@ -117,6 +117,9 @@ class AbnSpec(Strict):
     """Seconds in which a standing queue on the link should drain: each period the shim
     takes backlog / queue_drain off C_r (the paper's middlebox reads its queue status).
     0: ignore the queue."""
+    hints_port: int | None = Field(default=None, ge=1024, le=65535)
+    """UDP port on which senders declare their flows' sizes and deadlines (abn/hints.py;
+    slim_client `declare`); default: none, flows are only observed."""
 
     @property
     def capacity_bps(self) -> float:

@@ -39,6 +39,8 @@ class AbnShimRole:
         extra = ["--link-intf", link_intf] if link_intf else []
         if link_intf and s.queue_drain:
             extra += ["--queue-drain", f"{s.queue_drain:g}"]
+        if s.hints_port is not None:
+            extra += ["--hints-port", str(s.hints_port)]
         return [sys.executable, "-m", "abn.shim", "--queue", str(self.queue), *extra,
                 "--capacity-bps", f"{s.capacity_bps:.0f}", "--period", f"{s.period:g}",
                 "--allocator", s.allocator, "--idle", f"{s.idle:g}",

@@ -96,3 +96,35 @@ def test_the_shim_is_told_its_link_and_drains_its_queue_by_default(tmp_path):
         "link": "path", "capacity": "40mbit", "queue_drain": 0}}))
     (role0,) = abn_shim.build(t0, exp, tmp_path)
     assert "--queue-drain" not in role0.argv("mb-eth1")
+
+
+def test_slim_clients_declare_only_to_a_shim_that_takes_declarations(tmp_path):
+    import yaml
+
+    from testbed import config, processes
+    from testbed.addressing import plan as make_plan
+    from testbed.config import ConfigError
+
+    (tmp_path / "topo.yaml").write_text(yaml.safe_dump(topo({"role": "middlebox"})))
+    slim = {"name": "slim", "kind": "slim_client", "host": "h1", "server": "h2",
+            "size": 65536, "deadline": 0.5, "declare": "mb"}
+
+    def load(abn, proc=slim):
+        exp = {"name": "e", "topology": "topo.yaml", "duration": 5, "abn": abn,
+               "processes": [{"name": "srv", "kind": "slim_server", "host": "h2"}, proc]}
+        (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+        return config.load_experiment(tmp_path / "exp.yaml")
+
+    with pytest.raises(ConfigError, match="declare: host 'mb' runs no ABN shim with a hints_port"):
+        load({"mb": {"link": "path", "capacity": "20mbit"}})
+    with pytest.raises(ConfigError, match="server: unknown host 'h7'"):
+        load({}, {**slim, "server": "h7", "declare": None})
+    loaded = load({"mb": {"link": "path", "capacity": "20mbit", "hints_port": 7400}})
+    spec = loaded.experiment.processes[1]
+    plan = make_plan(loaded.shaped_topology())
+    argv = processes.argv_for(spec, plan, tmp_path, 5.0, None, 7400)
+    assert argv[argv.index("--declare") + 1] == f"{plan.ip_of('mb')}:7400"
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "slim_slim.csv")
+    assert processes.server_address(spec) == ("h2", 6100)
+    (role,) = abn_shim.build(loaded.shaped_topology(), loaded.experiment, tmp_path)
+    assert role.argv()[role.argv().index("--hints-port") + 1] == "7400"
