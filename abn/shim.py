@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
-from abn.allocators import get_allocator, residual_capacity
+from abn.allocators import Allocator, get_allocator, residual_capacity
 from abn.flows import FlowKey, FlowTable
 from abn.hints import DeclarationListener
 from abn.options import kbps_from_bps
@@ -63,6 +63,8 @@ class ShimConfig:
     hints_port: int | None = None
     """UDP port on which senders declare flows' sizes and deadlines (abn.hints); None:
     no declarations, every flow is only observed."""
+    policy: str | None = None
+    """The trained policy directory of allocator `dqn` (abn.dqn_policy)."""
 
     def __post_init__(self) -> None:
         if not self.capacity_bps > 0:
@@ -76,7 +78,11 @@ class ShimConfig:
             raise ValueError(f"hints port must be 1..65535, got {self.hints_port}")
         if not self.idle_s >= self.period_s:
             raise ValueError(f"idle timeout {self.idle_s} s is shorter than a period")
-        get_allocator(self.allocator)  # an unknown name fails here, naming the known ones
+        if self.allocator == "dqn":
+            if self.policy is None:
+                raise ValueError("allocator dqn needs a trained policy (--policy DIR)")
+        else:
+            get_allocator(self.allocator)  # an unknown name fails here, naming the known ones
 
 
 class Shim:
@@ -88,7 +94,7 @@ class Shim:
         self.cfg = cfg
         self.records = records
         self.table = FlowTable(cfg.max_flows)
-        self.allocator = get_allocator(cfg.allocator)
+        self.allocator = make_allocator(cfg)
         self.loop = _nfqloop.Loop()
         ifindex = None
         if cfg.link_intf is not None:
@@ -136,6 +142,7 @@ class Shim:
                "backlog_bytes": backlog,
                "untracked_packets": snap["untracked_packets"], "no_rate": snap["no_rate"],
                "missing": missing, "declared": len(declared),
+               "action": getattr(self.allocator, "last_action", None),
                "flows": [{"key": list(k[:4]), "rate_bps": round(r)} for k, r in rates.items()]}
         if self.hints is not None and self.hints.refused:
             rec["declarations_refused"] = self.hints.refused
@@ -163,6 +170,16 @@ class Shim:
             self.hints.close()
         if self.backlog is not None:
             self.backlog.close()
+
+
+def make_allocator(cfg: ShimConfig) -> Allocator:
+    """The configured allocator; `dqn` loads its policy (numpy only, no TensorFlow)."""
+    if cfg.allocator == "dqn":
+        from abn.dqn_policy import DQNAllocator
+
+        assert cfg.policy is not None
+        return DQNAllocator(cfg.policy)
+    return get_allocator(cfg.allocator)
 
 
 class QueueBacklog:
@@ -217,13 +234,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to drain the link's standing queue in (0: ignore it)")
     ap.add_argument("--hints-port", type=int,
                     help="UDP port for flow declarations (size, deadline; abn.hints)")
+    ap.add_argument("--policy", help="trained policy directory (allocator dqn)")
     ap.add_argument("--records", help="append one JSON line per period here")
     ap.add_argument("--iptables", action="store_true", help="install the FORWARD rule too")
     ap.add_argument("--no-control", action="store_true", help="ignore stdin")
     args = ap.parse_args(argv)
     try:
         cfg = ShimConfig(args.queue, args.capacity_bps, args.period, args.allocator, args.idle,
-                         args.max_flows, args.link_intf, args.queue_drain, args.hints_port)
+                         args.max_flows, args.link_intf, args.queue_drain, args.hints_port,
+                         args.policy)
         shim = Shim(cfg, None)
     except ValueError as exc:
         print(f"abn.shim: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from testbed import (
     plots,
     processes,
     roles,
+    slim_compare,
 )
 from testbed import chain as chain_mod
 from testbed.config import PROJECT_ROOT, LoadedExperiment
@@ -48,6 +49,10 @@ from testbed.shaping import Backend
 from testbed.topology_schema import Shaping
 
 log = logging.getLogger("chaintwin.run")
+
+COMPARISONS = (cc_compare.analyse, slim_compare.analyse)
+"""Analyses that apply to a run by what it contains (scheme windows, slim clients); each
+takes (run_dir, manifest) and returns what it wrote, [] when it does not apply."""
 DEFAULT_RESULTS = PROJECT_ROOT / "results"
 
 
@@ -370,7 +375,8 @@ def _analyse(run_dir: Path, man: dict[str, Any], net: Network, t0: float) -> Non
     if fig is not None:
         made.append(fig.name)
     made += [p.name for p in roles.analyse(run_dir, man)]
-    made += [p.name for p in cc_compare.analyse(run_dir, man)]
+    for extra in COMPARISONS:
+        made += [p.name for p in extra(run_dir, man)]
     man["artifacts"] = made
     manifest.write(run_dir, man)
 
@@ -386,5 +392,5 @@ def report(run_dir: Path) -> list[Path]:
         jobs.resolve(spec.report)(run_dir)
         return sorted(p for p in run_dir.glob("*.png") if p.stat().st_mtime >= started - 1)
     figs = [plots.throughput_figure(run_dir, man), *roles.analyse(run_dir, man),
-            *cc_compare.analyse(run_dir, man)]
+            *(f for extra in COMPARISONS for f in extra(run_dir, man))]
     return [f for f in figs if f is not None and f.suffix == ".png"]

@@ -120,6 +120,9 @@ class AbnSpec(Strict):
     hints_port: int | None = Field(default=None, ge=1024, le=65535)
     """UDP port on which senders declare their flows' sizes and deadlines (abn/hints.py;
     slim_client `declare`); default: none, flows are only observed."""
+    policy: str | None = None
+    """With allocator `dqn`: the trained policy directory (abn/dqn_policy.py), relative
+    to the project root unless absolute."""
 
     @property
     def capacity_bps(self) -> float:
@@ -131,10 +134,28 @@ class AbnSpec(Strict):
             raise ValueError(f"abn.capacity must be positive, got {self.capacity!r}")
         if self.idle < self.period:
             raise ValueError(f"abn.idle ({self.idle} s) is shorter than abn.period")
+        if self.allocator == "dqn" or self.policy is not None:
+            if self.allocator != "dqn" or self.policy is None:
+                raise ValueError("abn.policy goes with allocator 'dqn', which needs one "
+                                 f"(allocator {self.allocator!r}, policy {self.policy!r})")
+            from abn.dqn_policy import load_policy
+
+            load_policy(str(self.policy_path))  # a missing or stale policy is named here
+            return self
         from abn.allocators import get_allocator
 
         get_allocator(self.allocator)  # names the known allocators if unknown
         return self
+
+    @property
+    def policy_path(self) -> str | None:
+        if self.policy is None:
+            return None
+        from pathlib import Path
+
+        path = Path(self.policy)
+        root = Path(__file__).resolve().parent.parent
+        return str(path if path.is_absolute() else root / path)
 
 
 class HostSpec(Strict):

@@ -15,13 +15,14 @@ from typing import Any
 
 from abn import sender
 from testbed.errors import EmulationError
-from testbed.experiment_schema import Experiment, Iperf3Client
+from testbed.experiment_schema import Experiment, Iperf3Client, SlimClient
 from testbed.topology_schema import Topology
 
 
 def uses_abn(experiment: Experiment) -> bool:
-    """Whether any traffic selects `abn` (an iperf3 client, or a host's default)."""
-    if any(isinstance(p, Iperf3Client) and p.congestion == "abn" for p in experiment.processes):
+    """Whether any traffic selects `abn` (an iperf3 or slim client, or a host's default)."""
+    if any(isinstance(p, Iperf3Client | SlimClient) and p.congestion == "abn"
+           for p in experiment.processes):
         return True
     return any(str(kv.get("net.ipv4.tcp_congestion_control", "")) == "abn"
                for kv in experiment.sysctls.values())
