@@ -2,8 +2,8 @@
 
 One interface, `Allocator.allocate(flows, capacity_bps, period_s)`, over `FlowView`s only
 (no packets, no queues), so an allocator runs the same on the live shim's table and on a
-recorded one. Allocators are found by name (`get_allocator`); the paper's DQN
-(Algorithm 2) registers itself with `register_allocator` when it lands.
+recorded one. Allocators are found by name (`get_allocator`); "dqn" (the paper's
+Algorithm 2) loads the trained policy that ABN_DQN_POLICY names (abn/dqn_policy.py).
 """
 
 from __future__ import annotations
@@ -86,7 +86,16 @@ class AverageAllocator:
         return {f.key: rates[f.key] for f in flows}
 
 
-_ALLOCATORS: dict[str, Callable[[], Allocator]] = {"average": AverageAllocator}
+def _dqn_from_environment() -> Allocator:
+    """The paper's DQN (Algorithm 2) from the policy named by ABN_DQN_POLICY; imported
+    only when asked for (abn.dqn_policy is numpy-only, no TensorFlow)."""
+    from abn.dqn_policy import DQNAllocator
+
+    return DQNAllocator.from_env()
+
+
+_ALLOCATORS: dict[str, Callable[[], Allocator]] = {"average": AverageAllocator,
+                                                   "dqn": _dqn_from_environment}
 
 
 def register_allocator(name: str, factory: Callable[[], Allocator]) -> None:

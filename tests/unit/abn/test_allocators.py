@@ -96,8 +96,9 @@ def test_registry() -> None:
     allocator = get_allocator("average")
     assert isinstance(allocator, AverageAllocator) and allocator.name == "average"
     assert "average" in available_allocators()
-    with pytest.raises(ValueError, match=r"unknown allocator 'dqn'; known allocators: .*average"):
-        get_allocator("dqn")
+    assert available_allocators() == ["average", "dqn"]
+    with pytest.raises(ValueError, match=r"unknown allocator 'nope'; known allocators: .*average"):
+        get_allocator("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_allocator("average", AverageAllocator)
 
