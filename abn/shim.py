@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from abn.allocators import Allocator, get_allocator, residual_capacity
-from abn.flows import FlowKey, FlowTable
+from abn.flows import FlowKey, FlowTable, FlowView
 from abn.hints import DeclarationListener
 from abn.options import kbps_from_bps
 from abn.periodic import run_periodic
@@ -65,6 +65,9 @@ class ShimConfig:
     no declarations, every flow is only observed."""
     policy: str | None = None
     """The trained policy directory of allocator `dqn` (abn.dqn_policy)."""
+    guaranteed: float = 0.0
+    """Fraction of C_r every flow that sent data gets in equal shares before the
+    allocator divides the rest (`with_floor`); 0: the allocator alone decides."""
 
     def __post_init__(self) -> None:
         if not self.capacity_bps > 0:
@@ -74,6 +77,8 @@ class ShimConfig:
         if self.queue_drain_s < 0 or (self.queue_drain_s and self.link_intf is None):
             raise ValueError("queue drain needs the link's interface (--link-intf) and a "
                              f"time >= 0, got {self.queue_drain_s} s")
+        if not 0 <= self.guaranteed < 1:
+            raise ValueError(f"guaranteed share must be in [0, 1), got {self.guaranteed}")
         if self.hints_port is not None and not 1 <= self.hints_port <= 65535:
             raise ValueError(f"hints port must be 1..65535, got {self.hints_port}")
         if not self.idle_s >= self.period_s:
@@ -132,7 +137,7 @@ class Shim:
         # rate stays with its sender. (SYN-ACK directions and idle control connections
         # would otherwise take equal shares they never use.)
         active = [v for v in self.table.views() if v.last_period_bytes > 0]
-        rates = self.allocator.allocate(active, c_r, cfg.period_s)
+        rates = with_floor(self.allocator, active, c_r, cfg.period_s, cfg.guaranteed)
         self.table.set_rates(rates)
         missing = self.loop.abn_set_rates(
             self.lane, {(k.src, k.sport, k.dst, k.dport): kbps_from_bps(r)
@@ -170,6 +175,24 @@ class Shim:
             self.hints.close()
         if self.backlog is not None:
             self.backlog.close()
+
+
+def with_floor(allocator: Allocator, flows: list[FlowView], c_r: float, period_s: float,
+               guaranteed: float) -> dict[FlowKey, float]:
+    """Each flow's equal part of `guaranteed` x C_r plus what the allocator gives it of
+    the rest; the sum stays within C_r.
+
+    Why: an allocator that gives a flow exactly what its remaining bytes need (EDF and
+    the DQN's templates) works on what the middlebox has seen; it cannot count the
+    sender's retransmissions, header bytes, or the period the notification takes to
+    arrive, so a flow near its end is notified ever smaller rates (or 0, which stalls
+    its sender until the rate goes stale) and finishes late. A floor keeps every
+    sending flow moving; Average is unchanged by it."""
+    if not flows or guaranteed <= 0:
+        return allocator.allocate(flows, c_r, period_s)
+    base = guaranteed * c_r / len(flows)
+    rest = allocator.allocate(flows, c_r - base * len(flows), period_s)
+    return {f.key: base + rest.get(f.key, 0.0) for f in flows}
 
 
 def make_allocator(cfg: ShimConfig) -> Allocator:
@@ -235,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hints-port", type=int,
                     help="UDP port for flow declarations (size, deadline; abn.hints)")
     ap.add_argument("--policy", help="trained policy directory (allocator dqn)")
+    ap.add_argument("--guaranteed", type=float, default=0.0,
+                    help="fraction of C_r shared equally before the allocator (0..1)")
     ap.add_argument("--records", help="append one JSON line per period here")
     ap.add_argument("--iptables", action="store_true", help="install the FORWARD rule too")
     ap.add_argument("--no-control", action="store_true", help="ignore stdin")
@@ -242,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = ShimConfig(args.queue, args.capacity_bps, args.period, args.allocator, args.idle,
                          args.max_flows, args.link_intf, args.queue_drain, args.hints_port,
-                         args.policy)
+                         args.policy, args.guaranteed)
         shim = Shim(cfg, None)
     except ValueError as exc:
         print(f"abn.shim: {exc}", file=sys.stderr)

@@ -120,6 +120,10 @@ class AbnSpec(Strict):
     hints_port: int | None = Field(default=None, ge=1024, le=65535)
     """UDP port on which senders declare their flows' sizes and deadlines (abn/hints.py;
     slim_client `declare`); default: none, flows are only observed."""
+    guaranteed: float = Field(default=0.25, ge=0, lt=1)
+    """Fraction of C_r every sending flow gets in equal parts before the allocator
+    divides the rest (abn/shim.py `with_floor`): a rate computed from the bytes the
+    middlebox saw never starves a flow's last bytes. No effect on `average`."""
     policy: str | None = None
     """With allocator `dqn`: the trained policy directory (abn/dqn_policy.py), relative
     to the project root unless absolute."""

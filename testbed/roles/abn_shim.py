@@ -41,6 +41,8 @@ class AbnShimRole:
             extra += ["--queue-drain", f"{s.queue_drain:g}"]
         if s.hints_port is not None:
             extra += ["--hints-port", str(s.hints_port)]
+        if s.guaranteed:
+            extra += ["--guaranteed", f"{s.guaranteed:g}"]
         if s.policy_path is not None:
             extra += ["--policy", s.policy_path]
         return [sys.executable, "-m", "abn.shim", "--queue", str(self.queue), *extra,
