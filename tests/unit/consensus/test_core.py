@@ -120,7 +120,7 @@ def test_pbft_commits_on_a_quorum_of_commits_after_a_quorum_of_prepares() -> Non
 
 
 @pytest.mark.parametrize("in_time", [True, False])
-def test_bigfoot_commits_on_all_n_prepares_before_or_after_its_timer(in_time: bool) -> None:
+def test_bigfoot_fast_path_then_commit_phase_after_its_timer(in_time: bool) -> None:
     c = make_core(0, protocol="bigfoot")
     b = block(protocol="bigfoot")
     out = c.handle(Proposal(1, 0, 1, b), 1.0)
@@ -132,23 +132,14 @@ def test_bigfoot_commits_on_all_n_prepares_before_or_after_its_timer(in_time: bo
         out = c.handle(TimerFired(PROTOCOL_TIMER, 1, 0), 1.2)
         assert [e.msg.phase for e in of(out, Broadcast)] == ["commit"]
     out = c.handle(Vote("prepare", 1, 0, 3, b.digest), 1.3)  # the n-th PREPARE
-    # n PREPAREs are a certificate whenever they arrive: after the timer too (the others
-    # may have decided on them and send no COMMIT)
-    (commit,) = of(out, Commit)
-    assert commit.info.fast_path and len(commit.cert.votes) == 4
-
-
-def test_bigfoot_after_its_timer_a_commit_quorum_decides_without_all_prepares() -> None:
-    c = make_core(0, protocol="bigfoot")
-    b = block(protocol="bigfoot")
-    c.handle(Proposal(1, 0, 1, b), 1.0)
-    for v in (1, 2):
-        c.handle(Vote("prepare", 1, 0, v, b.digest), 1.05)
-    out = c.handle(TimerFired(PROTOCOL_TIMER, 1, 0), 1.2)
-    assert [e.msg.phase for e in of(out, Broadcast)] == ["commit"]
-    (commit,) = of(c.handle(Vote("commit", 1, 0, 1, b.digest), 1.4)
-                   + c.handle(Vote("commit", 1, 0, 2, b.digest), 1.5), Commit)
-    assert not commit.info.fast_path
+    if in_time:
+        (commit,) = of(out, Commit)
+        assert commit.info.fast_path and {v.phase for v in commit.cert.votes} == {"prepare"}
+    else:  # too late for the fast path: the COMMIT phase decides
+        assert not of(out, Commit)
+        (commit,) = of(c.handle(Vote("commit", 1, 0, 1, b.digest), 1.4)
+                       + c.handle(Vote("commit", 1, 0, 2, b.digest), 1.5), Commit)
+        assert not commit.info.fast_path
 
 
 def test_commits_without_the_proposal_ask_for_the_block() -> None:
