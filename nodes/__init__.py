@@ -2,8 +2,10 @@
 
 Modules, one job each: crypto (ed25519 keys), tx, reconfig (the twin's signed protocol
 switch), mempool, block (hash-chained blocks, certificates), ledger (SQLite WAL),
-transport (asyncio TCP frames), consensus/ (engine + PBFT and BigFoot commit rules),
-node (wiring), client (workload), telemetry (JSONL + twin stream), sensor (the
+transport (asyncio TCP frames), consensus/ (the sans-I/O consensus core: every rule,
+PBFT and BigFoot as registered rules objects; the twin runs it too), wire (frames <->
+the core's messages), auth (ed25519 for the core), driver (the core on asyncio, TCP and
+SQLite), node (wiring), client (workload), telemetry (JSONL + twin stream), sensor (the
 per-block record the twin reads), config/genesis (typed files), cli.
 
 A 4-node chain by hand:

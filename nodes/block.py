@@ -1,10 +1,11 @@
-"""Hash-chained, producer-signed blocks and commit certificates.
+"""Hash-chained, producer-signed blocks.
 
 The header is what gets hashed and voted on. Like Tendermint's LastCommit, block h+1
 carries the commit certificate of block h (`prev_cert`) and the proposer's timestamped
 consensus record of height h (`prev_record`, a BlockSensorRecord as a dict): that is the
 extra-data field the twin reads. Each node also stores the certificate it collected for
-its newest block next to it in the ledger, so every stored block has a certificate.
+its newest block next to it in the ledger, so every stored block has a certificate
+(`nodes.consensus.messages.Certificate`; its wire form is in `nodes.wire`).
 """
 
 from __future__ import annotations
@@ -41,69 +42,6 @@ def tx_root(txs: Sequence[Transaction]) -> str:
 def seal_bytes(phase: str, height: int, round_: int, block_hash: str) -> bytes:
     """What a PREPARE or COMMIT vote signs; the same bytes make up certificates."""
     return f"{phase}|{height}|{round_}|{block_hash}".encode()
-
-
-@dataclass(frozen=True, slots=True)
-class Vote:
-    validator: str
-    phase: str
-    sig: str
-
-    def to_wire(self) -> list[str]:
-        return [self.validator, self.phase, self.sig]
-
-
-@dataclass(frozen=True, slots=True)
-class Certificate:
-    """Votes proving a block committed: 2f+1 COMMITs, or PREPAREs from all n (fast path)."""
-
-    height: int
-    round: int
-    block_hash: str
-    votes: tuple[Vote, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "height": self.height,
-            "round": self.round,
-            "hash": self.block_hash,
-            "votes": [v.to_wire() for v in self.votes],
-        }
-
-    @classmethod
-    def from_wire(cls, data: object) -> Certificate:
-        if not isinstance(data, Mapping):
-            raise BlockInvalid("certificate must be an object")
-        try:
-            votes = tuple(Vote(str(v[0]), str(v[1]), str(v[2])) for v in data["votes"])
-            return cls(int(data["height"]), int(data["round"]), str(data["hash"]), votes)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BlockInvalid(f"malformed certificate: {exc!r}") from exc
-
-    def check(self, validators: Mapping[str, str], verifier: Verifier) -> None:
-        n = len(validators)
-        quorum = quorum_size(n)
-        good: dict[str, set[str]] = {"prepare": set(), "commit": set()}
-        for vote in self.votes:
-            pub = validators.get(vote.validator)
-            if pub is None or vote.phase not in good or vote.validator in good[vote.phase]:
-                continue
-            if verifier.verify(
-                pub, vote.sig, seal_bytes(vote.phase, self.height, self.round, self.block_hash)
-            ):
-                good[vote.phase].add(vote.validator)
-        if len(good["commit"]) >= quorum or len(good["prepare"]) == n:
-            return
-        raise BlockInvalid(
-            f"certificate for height {self.height} has {len(good['commit'])} valid commits"
-            f" (need {quorum}) and {len(good['prepare'])} valid prepares (fast path needs {n})"
-        )
-
-
-def quorum_size(n: int) -> int:
-    """2f+1 with f = (n-1)//3: any two quorums share an honest validator."""
-    f = (n - 1) // 3
-    return (n + f) // 2 + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +114,11 @@ class Block:
             digest,
             sig,
         )
+
+    @property
+    def digest(self) -> str:
+        """What the consensus core votes on: the header hash."""
+        return self.hash
 
     @property
     def tx_bytes(self) -> int:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from nodes.config import ConfigError, load_genesis, load_node_config
+from nodes.consensus import RULES
 from nodes.crypto import KeyPair
 from nodes.genesis import write_genesis
 from nodes.transport import encode, read_frame
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hosts", help="comma-separated addresses: one shared, or one per node")
     g.add_argument("--base-port", type=int, default=7000)
     g.add_argument("--clients", type=int, default=1)
-    g.add_argument("--protocol", default="pbft", choices=["pbft", "bigfoot"])
+    g.add_argument("--protocol", default="pbft", choices=sorted(RULES))
     g.add_argument("--timing", default="{}", help="JSON overrides of genesis timing fields")
     g.add_argument("--twin-endpoint", help="host:port the nodes stream sensor records to")
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nodes.consensus import RULES
 from nodes.crypto import sha256_hex
-
-ProtocolName = Literal["pbft", "bigfoot"]
 
 
 class ConfigError(ValueError):
@@ -74,19 +72,21 @@ class Timing(_Strict):
             raise ValueError("empty_block_period must be < round_timeout (idle proposers time out)")
         return self
 
-    def round_timeout_for(self, round_: int) -> float:
-        return min(
-            self.round_timeout * self.round_backoff ** min(round_, 64), self.max_round_timeout
-        )
-
 
 class Genesis(_Strict):
     chain_id: str = "chaintwin"
-    protocol: ProtocolName = "pbft"
+    protocol: str = Field(default="pbft", description="Initial protocol (a registered one).")
     validators: list[ValidatorEntry] = Field(min_length=1)
     clients: list[ClientEntry] = Field(default_factory=list)
     twin_pubkey: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     timing: Timing = Field(default_factory=Timing)
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, name: str) -> str:
+        if name not in RULES:
+            raise ValueError(f"unknown protocol {name!r}; known {sorted(RULES)}")
+        return name
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Genesis:

@@ -58,7 +58,7 @@ def write_genesis(
     twin = KeyPair.generate()
     twin.save(folder / "keys" / "twin.key")
     genesis = Genesis(
-        protocol=protocol,  # type: ignore[arg-type]
+        protocol=protocol,
         validators=validators,
         clients=client_entries,
         twin_pubkey=twin.public_hex,

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nodes.block import Block, Certificate
+from nodes.block import Block
+from nodes.consensus.messages import Certificate
+from nodes.wire import cert_from_wire, cert_to_wire
 
 
 def encode_block(block: Block) -> str:
@@ -91,7 +93,7 @@ class Ledger:
             raise LedgerError(f"append height {block.height}, expected {self.height + 1}")
         if block.prev_hash != self.tip_hash:
             raise LedgerError(f"block {block.height} does not extend tip {self.tip_hash[:12]}")
-        if cert.block_hash != block.hash or cert.height != block.height:
+        if cert.digest != block.hash or cert.height != block.height:
             raise LedgerError(f"certificate does not match block {block.height}")
         if encoded is None:
             encoded = encode_block(block)
@@ -101,7 +103,7 @@ class Ledger:
                 block.height,
                 block.hash,
                 encoded,
-                json.dumps(cert.to_wire(), separators=(",", ":")),
+                json.dumps(cert_to_wire(cert), separators=(",", ":")),
                 json.dumps(record) if record is not None else None,
             ),
         )
@@ -129,7 +131,7 @@ class Ledger:
         ).fetchone()
         if row is None:
             return None
-        return Block.from_wire(json.loads(row[0])), Certificate.from_wire(json.loads(row[1]))
+        return Block.from_wire(json.loads(row[0])), cert_from_wire(json.loads(row[1]))
 
     def get_raw(self, start: int, limit: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Wire dicts for state transfer, without re-parsing."""

@@ -1,38 +1,46 @@
-"""A validator node: transport, mempool, ledger, consensus engine, clients, telemetry.
+"""A validator node: transport, mempool, ledger, the consensus core's driver, clients,
+telemetry.
 
 Peers and clients use the same listening port. Peer messages are signed by validator
 keys; anything from an unknown or wrongly signed sender, or malformed, is counted in
-`counters` and logged as a 'reject' telemetry event, never raised.
+`counters` and logged as a 'reject' telemetry event, never raised. Consensus and state
+transfer run in `nodes.consensus` (rules) through `nodes.driver` (I/O); the node adds
+what is its own: the pool and when it is worth a block, block content and its checks
+(`NodeBlocks`), sensor records, clients and the twin's switch commands.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nodes.block import Block, BlockInvalid, Certificate
+from nodes.auth import WireAuth
+from nodes.block import Block, BlockInvalid
 from nodes.config import Genesis, NodeConfig, load_genesis
-from nodes.consensus import PROTOCOLS
-from nodes.consensus.engine import Engine, message_bytes
+from nodes.consensus import PROTOCOLS, Committee, Core, Schedule, certificate_problem
+from nodes.consensus.events import BatchReady, CommitInfo
+from nodes.consensus.messages import Certificate
 from nodes.crypto import KeyPair, Verifier
-from nodes.ledger import Ledger, encode_block
+from nodes.driver import AsyncDriver, core_config, restore_core
+from nodes.ledger import Ledger
 from nodes.mempool import Mempool, reconfig_key
 from nodes.reconfig import ReconfigCommand
-from nodes.sensor import BlockSensorRecord
+from nodes.sensor import BlockSensorRecord, RoundChange, VoteTiming
 from nodes.telemetry import Telemetry
 from nodes.transport import Connection, DelayFn, Transport
 from nodes.tx import Transaction, TxRejected
+from nodes.wire import CONSENSUS_KINDS, SYNC_KINDS, cert_from_wire, cert_to_wire, message_bytes
 
 log = logging.getLogger(__name__)
 
-SYNC_BATCH = 10
-SYNC_INTERVAL = 0.25
+COUNTED = {"stale_proposal": "stale_proposals", "reproposal": "reproposals"}
+"""Core logs that only bump a counter (the rest also go to telemetry)."""
 
 
 class Node:
@@ -62,6 +70,7 @@ class Node:
         self.verifier = Verifier()
         self.validator_keys = genesis.validator_keys()
         self.client_keys = genesis.client_keys()
+        self.validators = [v.id for v in genesis.validators]
         addr = {v.id: (v.host, v.port) for v in genesis.validators}
         addr.update(peers or {})
         self.listen = listen or addr[node_id]
@@ -70,15 +79,19 @@ class Node:
         self.ledger = Ledger(Path(data_dir) / "ledger.sqlite", genesis.hash())
         self.telemetry = Telemetry(node_id, telemetry_path, twin_endpoint, log_votes=True)
         self.transport = Transport(node_id, addr, self._on_frame, delay)
-        self._schedule: list[tuple[int, int, str]] = [(1, 0, genesis.protocol)]
+        self.auth = WireAuth(key, self.validator_keys, self.verifier)
+        self.committee = Committee(self.validators, self.auth)
+        self.blocks = NodeBlocks(self)
         self._subscribers: dict[str, set[Connection]] = {}
         self._content = asyncio.Event()
-        self._last_sync_req = 0.0
-        self._last_help: dict[tuple[str, int], float] = {}
+        self._batch_task: asyncio.Task[None] | None = None
         self.last_commit_at = 0.0
-        self._encoded: tuple[str, str] | None = None
-        self._recover()
-        self.engine = Engine(self)
+        self._record: BlockSensorRecord | None = None
+        config = core_config(genesis.timing)
+        schedule = self._recover(config)
+        core = restore_core(self.id, self.validators, config, self.auth, self.blocks,
+                            self.ledger, schedule)
+        self.driver = AsyncDriver(self.id, core, self.transport, self.ledger, self.auth, self)
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, delay: DelayFn | None = None) -> Node:
@@ -107,44 +120,105 @@ class Node:
             cfg.mempool_capacity,
         )
 
-    def _recover(self) -> None:
+    def _recover(self, config: Any) -> Schedule:
         """Rebuild in-memory state (duplicate ids, protocol schedule) from the ledger."""
+        schedule = Schedule(self.genesis.protocol, config.reconfig_delay)
         for block in self.ledger.iter_blocks():
             self.mempool.remove_committed(
                 (tx.id for tx in block.txs), (r.id for r in block.reconfigs)
             )
-            self._apply_reconfigs(block)
+            schedule.on_commit(block.height, self.blocks.switches(block))
         self.tip_cert, self.tip_record = self.ledger.tip_extras()
         if self.ledger.height:
             log.info("%s recovered %d blocks", self.id, self.ledger.height)
+        return schedule
+
+    @property
+    def core(self) -> Core:
+        return self.driver.core
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         await self.transport.start(*self.listen)
         self.telemetry.start()
         self.telemetry.event("start", height=self.ledger.height, listen=list(self.listen))
-        self.engine.start()
-        if self.ledger.height:
-            self.request_sync(None)
+        self.driver.start()
 
     async def stop(self) -> None:
-        self.engine.stop()
+        self.driver.stop()
+        if self._batch_task:
+            self._batch_task.cancel()
         await self.transport.close()
         await self.telemetry.close()
         self.ledger.close()
 
-    # ---- protocol schedule ---------------------------------------------------------
     def protocol_at(self, height: int) -> str:
-        name = self._schedule[0][2]
-        for start, _, proto in sorted(self._schedule):
-            if start <= height:
-                name = proto
-        return name
+        return self.core.protocol_at(height)
 
-    def _apply_reconfigs(self, block: Block) -> None:
-        for i, cmd in enumerate(block.reconfigs):
-            eff = cmd.effective_height(block.height, self.genesis.timing.reconfig_delay)
-            self._schedule.append((eff, block.height * 1000 + i, cmd.protocol))
+    # ---- the driver's hooks ----------------------------------------------------------
+    def want_batch(self, height: int) -> None:
+        """The core wants a round-0 proposal at `height`: propose once the pool has work
+        (after `block_period`), or an empty block after `empty_block_period`."""
+        if self._batch_task:
+            self._batch_task.cancel()
+        self._batch_task = asyncio.get_running_loop().create_task(self._batch(height))
+
+    async def _batch(self, height: int) -> None:
+        await self.wait_for_block_content(time.time())
+        self._batch_task = None
+        self.driver.feed(BatchReady(height))
+
+    def record(self, block: Block, cert: Certificate, info: CommitInfo,
+               block_bytes: int) -> dict[str, Any]:
+        at = info.committed_at
+        rec = BlockSensorRecord(
+            height=block.height,
+            round=info.round,
+            protocol=block.protocol,
+            proposer=block.proposer,
+            recorder=self.id,
+            proposed_at=block.proposed_at,
+            proposal_received_at=info.proposal_received_at,
+            committed_at=at,
+            tx_count=len(block.txs),
+            tx_bytes=block.tx_bytes,
+            block_bytes=block_bytes,
+            tx_first_submit=min((tx.ts for tx in block.txs), default=None),
+            tx_latency_sum=sum(at - tx.ts for tx in block.txs),
+            fast_path=info.fast_path,
+            votes=tuple(VoteTiming(str(v), p, t) for v, p, t in info.votes),  # type: ignore[arg-type]
+            round_changes=tuple(RoundChange(r, t, why) for r, t, why in info.round_changes),
+            silent=tuple(str(v) for v in info.silent),
+            validators=tuple(self.validators),
+            synced=info.synced,
+        )
+        self._record = rec
+        return rec.to_dict()
+
+    def committed(self, block: Block, cert: Certificate, record: dict[str, Any] | None) -> None:
+        self.tip_cert, self.tip_record = cert_to_wire(cert), record
+        self.mempool.remove_committed((tx.id for tx in block.txs), (r.id for r in block.reconfigs))
+        self.last_commit_at = time.time()
+        self.counters["blocks"] += 1
+        self.counters["txs"] += len(block.txs)
+        rec = self._record
+        if rec is not None and rec.height == block.height:
+            if rec.synced:
+                self.counters["synced_blocks"] += 1
+            self.telemetry.block(rec)
+            self._notify_clients(block, rec.committed_at)
+
+    def log(self, kind: str, data: Mapping[str, Any]) -> None:
+        if kind == "reject":
+            self.reject(str(data["what"]), str(data["detail"]))
+        elif kind in COUNTED:
+            self.counters[COUNTED[kind]] += 1
+        elif kind == "dropped":
+            self.counters["dropped_messages"] += 1
+        else:
+            if kind == "equivocation":
+                self.counters["equivocations"] += 1
+            self.telemetry.event(kind, **data)
 
     # ---- block building and checking -----------------------------------------------
     async def wait_for_block_content(self, height_started: float) -> None:
@@ -164,15 +238,16 @@ class Node:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._content.wait(), max(wait, 0.001))
 
-    def build_block(self, height: int) -> Block:
+    def build_block(self, height: int, protocol: str | None = None,
+                    now: float | None = None) -> Block:
         t = self.genesis.timing
         return Block.create(
             self.key,
             height,
             self.ledger.tip_hash,
-            self.protocol_at(height),
+            protocol or self.protocol_at(height),
             self.id,
-            time.time(),
+            time.time() if now is None else now,
             self.mempool.take(t.max_block_txs, t.max_block_bytes),
             self.mempool.take_reconfigs(),
             self.tip_cert,
@@ -180,23 +255,24 @@ class Node:
         )
 
     def validate_block(self, block: Block) -> None:
-        """Everything a validator checks before voting or appending; raises BlockInvalid."""
+        """What a block's content must satisfy before a vote or append (the core checks
+        height, proposer and protocol); raises BlockInvalid."""
         h = self.ledger.height + 1
         if block.height != h:
             raise BlockInvalid(f"height {block.height}, expected {h}")
         if block.prev_hash != self.ledger.tip_hash:
             raise BlockInvalid("prev_hash is not our tip")
-        if block.protocol != self.protocol_at(h):
-            raise BlockInvalid(f"protocol '{block.protocol}', expected '{self.protocol_at(h)}'")
         block.check_signature(self.validator_keys, self.verifier)
         if h == 1:
             if block.prev_cert is not None:
                 raise BlockInvalid("block 1 cannot carry a previous certificate")
         else:
-            cert = Certificate.from_wire(block.prev_cert)
-            if cert.height != h - 1 or cert.block_hash != self.ledger.tip_hash:
+            cert = cert_from_wire(block.prev_cert)
+            if cert.height != h - 1 or cert.digest != self.ledger.tip_hash:
                 raise BlockInvalid("prev_cert is not for our tip")
-            cert.check(self.validator_keys, self.verifier)
+            problem = certificate_problem(self.committee, cert)
+            if problem is not None:
+                raise BlockInvalid(problem)
         if block.prev_record is not None:
             try:
                 rec = BlockSensorRecord.from_dict(block.prev_record)
@@ -228,26 +304,6 @@ class Node:
                 raise BlockInvalid(f"reconfig '{cmd.id}': {exc}") from exc
 
     # ---- commit --------------------------------------------------------------------
-    def encoded_block(self, block: Block) -> str:
-        """The block's stored JSON, encoded once per block (prepare vote and ledger)."""
-        if self._encoded is None or self._encoded[0] != block.hash:
-            self._encoded = (block.hash, encode_block(block))
-        return self._encoded[1]
-
-    def deliver(self, block: Block, cert: Certificate, record: BlockSensorRecord) -> None:
-        encoded = self.encoded_block(block)
-        record = dataclasses.replace(record, block_bytes=len(encoded))
-        data = record.to_dict()
-        self.ledger.append(block, cert, data, encoded)
-        self.tip_cert, self.tip_record = cert.to_wire(), data
-        self.mempool.remove_committed((tx.id for tx in block.txs), (r.id for r in block.reconfigs))
-        self._apply_reconfigs(block)
-        self.last_commit_at = time.time()
-        self.counters["blocks"] += 1
-        self.counters["txs"] += len(block.txs)
-        self.telemetry.block(record)
-        self._notify_clients(block, record.committed_at)
-
     def _notify_clients(self, block: Block, at: float) -> None:
         if not self._subscribers:
             return
@@ -273,97 +329,6 @@ class Node:
                 else:
                     conn.send(msg)
 
-    # ---- state transfer ------------------------------------------------------------
-    def request_sync(self, peer: str | None) -> None:
-        now = time.time()
-        if now - self._last_sync_req < SYNC_INTERVAL:
-            return
-        self._last_sync_req = now
-        msg = {"t": "sync_req", "from": self.id, "start": self.ledger.height + 1}
-        msg["sig"] = self.key.sign(message_bytes(msg))
-        if peer is None:
-            self.transport.broadcast(msg)
-        else:
-            self.transport.send(peer, msg)
-
-    def help_lagging(self, peer: str, height: int) -> None:
-        """A peer is still working on a height we committed: send it the blocks."""
-        now = time.time()
-        if now - self._last_help.get((peer, height), 0.0) < SYNC_INTERVAL:
-            return
-        if len(self._last_help) > 10_000:
-            self._last_help.clear()
-        self._last_help[(peer, height)] = now
-        self._send_blocks(peer, height)
-
-    def _send_blocks(self, peer: str, start: int) -> None:
-        rows = self.ledger.get_raw(start, SYNC_BATCH)
-        if not rows:
-            return
-        msg: dict[str, Any] = {
-            "t": "sync_resp",
-            "from": self.id,
-            "blocks": [[b, c] for b, c in rows],
-            "tip": self.ledger.height,
-        }
-        msg["sig"] = self.key.sign(sync_resp_bytes(msg))
-        self.transport.send(peer, msg)
-
-    def _on_sync_resp(self, msg: dict[str, Any]) -> None:
-        blocks = msg.get("blocks")
-        if not isinstance(blocks, list):
-            self.reject("sync", "sync_resp without blocks")
-            return
-        added = 0
-        for item in blocks:
-            try:
-                if int(item[0]["header"]["height"]) <= self.ledger.height:
-                    continue  # already ours: skip parsing and rehashing it
-                block = Block.from_wire(item[0])
-                cert = Certificate.from_wire(item[1])
-            except (BlockInvalid, TypeError, ValueError, IndexError, KeyError) as exc:
-                self.reject("sync", f"bad block in sync_resp: {exc}")
-                return
-            if block.height <= self.ledger.height:
-                continue
-            try:
-                self.validate_block(block)
-                if cert.height != block.height or cert.block_hash != block.hash:
-                    raise BlockInvalid("certificate is for another block")
-                cert.check(self.validator_keys, self.verifier)
-            except BlockInvalid as exc:
-                self.reject("sync", f"block {block.height} from {msg.get('from')}: {exc}")
-                return
-            now = time.time()
-            record = BlockSensorRecord(
-                height=block.height,
-                round=cert.round,
-                protocol=block.protocol,
-                proposer=block.proposer,
-                recorder=self.id,
-                proposed_at=block.proposed_at,
-                proposal_received_at=now,
-                committed_at=now,
-                tx_count=len(block.txs),
-                tx_bytes=block.tx_bytes,
-                block_bytes=0,
-                tx_first_submit=min((tx.ts for tx in block.txs), default=None),
-                tx_latency_sum=sum(now - tx.ts for tx in block.txs),
-                fast_path=all(v.phase == "prepare" for v in cert.votes),
-                validators=tuple(self.engine.validators),
-                synced=True,
-            )
-            self.deliver(block, cert, record)
-            added += 1
-        if added:
-            self.counters["synced_blocks"] += added
-            self.telemetry.event("sync", added=added, height=self.ledger.height)
-            self.engine.on_synced()
-            tip = msg.get("tip")
-            if isinstance(tip, int) and tip > self.ledger.height:
-                self._last_sync_req = 0.0
-                self.request_sync(msg.get("from"))
-
     # ---- intake --------------------------------------------------------------------
     def reject(self, kind: str, detail: str) -> None:
         self.counters[f"rejected_{kind}"] += 1
@@ -372,10 +337,8 @@ class Node:
     def _on_frame(self, msg: dict[str, Any], conn: Connection) -> None:
         t = msg.get("t")
         try:
-            if t in ("proposal", "prepare", "commit", "rc"):
-                self.engine.on_message(msg)
-            elif t in ("sync_req", "sync_resp"):
-                self._on_sync(msg)
+            if t in CONSENSUS_KINDS or t in SYNC_KINDS:
+                self.driver.on_frame(msg)
             elif t == "tx":
                 conn.send(self._tx_ack(msg.get("tx")))
             elif t == "txs":
@@ -406,23 +369,6 @@ class Node:
             log.exception("%s: error handling %r", self.id, t)
             self.counters["errors"] += 1
             self.telemetry.event("error", what=str(t), detail=repr(exc)[:300])
-
-    def _on_sync(self, msg: dict[str, Any]) -> None:
-        sender = msg.get("from")
-        pub = self.validator_keys.get(sender) if isinstance(sender, str) else None
-        try:
-            data = sync_resp_bytes(msg) if msg["t"] == "sync_resp" else message_bytes(msg)
-        except (TypeError, KeyError, IndexError):
-            data = b""
-        if pub is None or not data or not self.verifier.verify(pub, msg.get("sig"), data):
-            self.reject("sync", f"unsigned or unknown sync message from {sender!r}")
-            return
-        if msg["t"] == "sync_req":
-            start = msg.get("start")
-            if isinstance(start, int) and start >= 1:
-                self._send_blocks(str(sender), start)
-        else:
-            self._on_sync_resp(msg)
 
     def _tx_ack(self, wire: object) -> dict[str, Any]:
         tx_id = wire.get("id") if isinstance(wire, dict) else None
@@ -482,16 +428,33 @@ class Node:
             "id": self.id,
             "height": self.ledger.height,
             "tip": self.ledger.tip_hash,
-            "round": self.engine.round,
+            "round": self.core.round,
             "protocol": self.protocol_at(self.ledger.height + 1),
             "mempool": len(self.mempool),
             "counters": dict(self.counters),
         }
 
 
-def sync_resp_bytes(msg: dict[str, Any]) -> bytes:
-    """A state-transfer reply signs its block hashes only: the blocks themselves are
-    self-authenticating (hash over header, tx_root over transactions, certificates), and
-    canonicalising megabytes of JSON just to sign it would stall the event loop."""
-    hashes = ",".join(str(item[0]["hash"]) for item in msg["blocks"])
-    return f"sync_resp|{msg['from']}|{msg.get('tip')}|{hashes}".encode()
+class NodeBlocks:
+    """The core's `BlockRules` for a validator: blocks from the pool, checked against the
+    ledger, the pool's verified transactions and the twin's key."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def build(self, height: int, parent: Any, protocol: str, now: float) -> Block:
+        return self.node.build_block(height, protocol, now)
+
+    def check(self, block: Block, parent: Any) -> str | None:
+        try:
+            self.node.validate_block(block)
+        except BlockInvalid as exc:
+            return str(exc)
+        return None
+
+    def switches(self, block: Block) -> Sequence[tuple[str, int | None]]:
+        return [(cmd.protocol, cmd.activate_at) for cmd in block.reconfigs]
+
+    def size(self, block: Block) -> int:
+        """An estimate (the wire form of a transaction adds ~200 bytes to its payload)."""
+        return 1000 + block.tx_bytes + 200 * len(block.txs)

@@ -4,8 +4,15 @@ K nodes, the first M of which are block producers taking turns round-robin; a sh
 transaction stream stands for the producers' pools (a proposer takes the oldest
 transactions that have arrived); PBFT or BigFoot run message by message over a star
 network in which each node has an access link (speed in Mbit/s, one-way latency): a
-message from i to j takes size / min(speed_i, speed_j) + latency_i + latency_j. The
-scenario drives node failures, link speeds and the arrival rate.
+message from i to j takes validation + size / min(speed_i, speed_j) + latency_i +
+latency_j. The scenario drives node failures, link speeds and the arrival rate.
+
+Every node runs the validators' own consensus core (`nodes.consensus`) through the
+twin's driver (`twin.simnode`), so quorum, timeouts, locks, round changes, commit rules
+and state transfer are the live chain's. What the model adds is the world: the network
+(`Network`, `delay`), validation and catch-up times, block pacing, failures (a failed
+node loses its core and restarts from its own tip and votes, then catches up by state
+transfer), and the protocol switch as an agreed height (the next one no node started).
 
 Outputs: per-block outcomes (first commit time, transaction count, latency sum) and,
 optionally, `BlockSensorRecord`s from every node: the same records live nodes emit.
@@ -15,18 +22,30 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nodes.consensus import Committee, Core, CoreConfig, NullAuth, Schedule, Timeouts, rules_for
+from nodes.consensus.events import CommitInfo, SwitchProtocol
+from nodes.consensus.messages import (
+    Certificate,
+    Proposal,
+    RoundChange,
+    SyncRequest,
+    SyncResponse,
+    Vote,
+)
 from nodes.sensor import BlockSensorRecord, VoteTiming
+from nodes.sensor import RoundChange as RoundChangeRecord
+from twin.blocks import Block, TwinBlocks
 from twin.kernel import PRIO_WORLD, EventKernel
-from twin.protocols import PROTOCOLS
-from twin.protocols.base import Block, Node
 from twin.scenarios import Interval, Scenario
+from twin.simnode import SimNode
 from twin.workload import TxStream
 
 PROTOCOL_NAMES: tuple[str, ...] = ("pbft", "bigfoot")
+"""The protocols the twin chooses between, in action order."""
 
 
 class ModelConfig(BaseModel):
@@ -45,7 +64,12 @@ class ModelConfig(BaseModel):
     vote_bytes: int = Field(default=250, gt=0)
     """Size of a PREPARE / COMMIT / ROUND-CHANGE message."""
     round_timeout: float = Field(default=4.0, gt=0)
-    """Round timer (doubling per round) after which a node asks for a round change."""
+    """Round-0 timer after which a node asks for a round change (plus block_interval in
+    round 0, the time a proposer may wait before proposing)."""
+    round_backoff: float = Field(default=2.0, ge=1.0)
+    """Round timers grow by this factor per round..."""
+    max_round_timeout: float = Field(default=256.0, gt=0)
+    """...up to this (4 s doubling for 6 rounds, as before the shared core)."""
     fast_path_timeout: float = Field(default=1.0, gt=0)
     """BigFoot: how long to wait for PREPAREs from all validators."""
     block_validation: float = Field(default=0.5, ge=0)
@@ -55,7 +79,8 @@ class ModelConfig(BaseModel):
     """Seconds a node needs to validate a vote or round change (SymBChainSim's
     msg_val_delay); it is what makes each extra message phase cost time."""
     sync_delay: float = Field(default=0.5, ge=0)
-    """Seconds a recovered node needs to fetch the blocks it missed."""
+    """Seconds a state-transfer answer takes beyond the link latency (per batch of
+    blocks: a node that is behind catches up in batches, as the validators do)."""
     records: Literal["none", "proposer", "all"] = "none"
     """Which nodes emit BlockSensorRecords (records cost time; the agent needs none)."""
 
@@ -109,70 +134,124 @@ class ChainModel:
         self.scenario = scenario
         self.stream: TxStream = scenario.tx_stream()
         self.kernel = EventKernel()
-        self.rules = PROTOCOLS
         self.protocol = self._check(protocol)
-        self._height_protocol: dict[int, str] = {}
+        self.schedule = Schedule(protocol)
+        """The agreed protocol switches (every core gets the same)."""
         k = scenario.n_nodes
         m = self.cfg.n_producers or k
         if m > k:
             raise ValueError(f"n_producers {m} > nodes {k}")
         self.n_validators = m
-        self.f = (m - 1) // 3
-        self.quorum = m - self.f
-        self.keep_votes = self.cfg.records != "none"
+        self.committee = Committee(list(range(m)), NullAuth())
+        self.f = self.committee.f
+        self.quorum = self.committee.quorum
+        c = self.cfg
+        self.core_config = CoreConfig(
+            timeouts=Timeouts(c.round_timeout, c.round_backoff,
+                              max(c.max_round_timeout, c.round_timeout), c.fast_path_timeout,
+                              first_round_extra=c.block_interval))
         iv = scenario.interval_at(0.0)
         self.net = Network(iv.link_mbps, scenario.latency_ms)
         self.current = iv
         self.chain: list[Block] = []
+        self.certs: list[Certificate] = []
         self.commit_times: list[float] = []
         self.commit_tx: list[int] = []
         self.commit_latency: list[float] = []
         self.fast_paths: list[bool] = []
         self.records: list[BlockSensorRecord] = []
         self.violations: list[str] = []
+        self.logs: dict[str, int] = {}
+        """Counts of the cores' logs by kind ('reject', 'round_change', ...)."""
+        self._names = tuple(f"n{i}" for i in range(m))
         self._block_ids = 0
         self._gen = 0
-        self.nodes = [Node(self, i, i < m) for i in range(k)]
+        self._cost_of: Any = None
+        self._cost = (0, 0.0)
+        self.nodes = [SimNode(self, i, i < m) for i in range(k)]
         self._schedule_world(scenario, after=-1.0)
-        for i in sorted(scenario.offline_at(0.0)):
-            self.nodes[i].fail()
+        offline = scenario.offline_at(0.0)
         for n in self.nodes:
-            if n.up:
-                n.start_round(0)
+            if n.idx not in offline:
+                n.start()
 
-    # ---- helpers used by nodes -------------------------------------------------------
+    # ---- the world of the simulated validators (twin.simnode.SimWorld) ------------------
     @staticmethod
     def _check(protocol: str) -> str:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; known {sorted(PROTOCOLS)}")
+        rules_for(protocol)  # raises ValueError naming the known ones
         return protocol
 
-    def protocol_for(self, height: int) -> str:
-        """The protocol of a height, fixed when the first node enters it (agreed height)."""
-        p = self._height_protocol.get(height)
-        if p is None:
-            p = self._height_protocol[height] = self.protocol
-        return p
+    def make_core(self, node: SimNode) -> Core:
+        tip = node.tip
+        return Core(node.idx, self.committee, self.core_config, TwinBlocks(node, self),
+                    copy.deepcopy(self.schedule), tip.height if tip is not None else 0,
+                    tip.digest if tip is not None else None, node.votes)
 
-    def proposer(self, height: int, rnd: int) -> int:
-        return (height + rnd) % self.n_validators
+    def delay(self, src: int, dst: int, msg: Any) -> float | None:
+        if msg is not self._cost_of:  # a broadcast asks once per destination
+            self._cost_of = msg
+            self._cost = self._wire_cost(msg)
+        size, extra = self._cost
+        net = self.net
+        return extra + size * net.inv_bw[src][dst] + net.lat[src][dst]
+
+    def _wire_cost(self, msg: Any) -> tuple[int, float]:
+        """(bytes, seconds of validation or catch-up before the receiver acts on it)."""
+        cfg = self.cfg
+        t = type(msg)
+        if t is Vote or t is SyncRequest:
+            return cfg.vote_bytes, cfg.msg_validation
+        if t is Proposal:
+            extra = sum(self._rc_bytes(rc) for rc in msg.justification or ())
+            return msg.block.size_bytes + extra, cfg.block_validation
+        if t is RoundChange:
+            return self._rc_bytes(msg), cfg.msg_validation
+        if t is SyncResponse:
+            return 0, cfg.sync_delay
+        raise TypeError(f"no wire cost for {msg!r}")
+
+    def _rc_bytes(self, rc: RoundChange) -> int:
+        """A round change carries the blocks it refers to, as on the validators."""
+        blocks = {x.block.digest: x.block.size_bytes for x in (rc.prepared, rc.voted)
+                  if x is not None}
+        return self.cfg.vote_bytes + sum(blocks.values())
+
+    def peer(self, node_id: Any) -> SimNode:
+        return self.nodes[node_id]
+
+    def batch_at(self, node: SimNode, height: int) -> float:
+        tip = node.tip
+        return (tip.proposed_at + self.cfg.block_interval) if tip is not None else 0.0
+
+    def sync_blocks(self, node: SimNode, start: int,
+                    limit: int) -> tuple[tuple[Any, Certificate], ...]:
+        # A node's chain is a prefix of the model's (violations are recorded as such).
+        end = min(start - 1 + limit, node.tip_height, len(self.chain))
+        return tuple(zip(self.chain[start - 1:end], self.certs[start - 1:end], strict=True))
+
+    def on_log(self, node: SimNode, kind: str, data: dict[str, Any]) -> None:
+        self.logs[kind] = self.logs.get(kind, 0) + 1
 
     def next_block_id(self) -> int:
         self._block_ids += 1
         return self._block_ids
 
+    def proposer(self, height: int, rnd: int) -> int:
+        return cast(int, self.committee.proposer(height, rnd))
+
     def tip(self) -> Block | None:
         return self.chain[-1] if self.chain else None
 
-    def on_decide(self, node: Node, block: Block, fast: bool) -> None:
+    def on_commit(self, node: SimNode, block: Any, cert: Certificate, info: CommitInfo) -> None:
         now = self.kernel.now
         h = block.height
         if h == len(self.chain) + 1:
             self.chain.append(block)
+            self.certs.append(cert)
             self.commit_times.append(now)
             self.commit_tx.append(block.tx_count)
             self.commit_latency.append(self.stream.latency_sum(block.tx_start, block.tx_end, now))
-            self.fast_paths.append(fast)
+            self.fast_paths.append(info.fast_path)
         elif h > len(self.chain) + 1:
             self.violations.append(f"{node.name} committed height {h} past tip {len(self.chain)}")
         elif self.chain[h - 1] is not block:
@@ -181,25 +260,23 @@ class ChainModel:
                 f"but block {self.chain[h - 1].id} was committed there")
         mode = self.cfg.records
         if mode == "all" or (mode == "proposer" and node.idx == block.proposer):
-            self.records.append(self._record(node, block, fast))
+            self.records.append(self._record(node, block, info))
 
-    def _record(self, node: Node, block: Block, fast: bool) -> BlockSensorRecord:
-        hs = node.hs
-        now = self.kernel.now
-        names = [f"n{i}" for i in range(self.n_validators)]
-        votes = tuple(VoteTiming(f"n{v}", phase, t) for v, phase, t in hs.vote_log)  # type: ignore[arg-type]
-        voted = {v for v, _, _ in hs.vote_log}
-        received = hs.proposal_received_at if hs.proposal_received_at is not None else now
+    def _record(self, node: SimNode, block: Block, info: CommitInfo) -> BlockSensorRecord:
+        names = self._names
         return BlockSensorRecord(
-            height=block.height, round=hs.round, protocol=block.protocol,
+            height=block.height, round=info.round, protocol=block.protocol,
             proposer=f"n{block.proposer}", recorder=node.name,
-            proposed_at=block.proposed_at, proposal_received_at=received, committed_at=now,
-            tx_count=block.tx_count, tx_bytes=block.tx_bytes, block_bytes=block.size_bytes,
+            proposed_at=block.proposed_at, proposal_received_at=info.proposal_received_at,
+            committed_at=info.committed_at, tx_count=block.tx_count, tx_bytes=block.tx_bytes,
+            block_bytes=block.size_bytes,
             tx_first_submit=self.stream.first_time(block.tx_start, block.tx_end),
-            tx_latency_sum=self.stream.latency_sum(block.tx_start, block.tx_end, now),
-            fast_path=fast, votes=votes, round_changes=tuple(hs.rc_log),
-            silent=tuple(n for i, n in enumerate(names) if i not in voted),
-            validators=tuple(names))
+            tx_latency_sum=self.stream.latency_sum(block.tx_start, block.tx_end,
+                                                   info.committed_at),
+            fast_path=info.fast_path,
+            votes=tuple(VoteTiming(f"n{v}", p, t) for v, p, t in info.votes),  # type: ignore[arg-type]
+            round_changes=tuple(RoundChangeRecord(r, t, why) for r, t, why in info.round_changes),
+            silent=tuple(f"n{v}" for v in info.silent), validators=names, synced=info.synced)
 
     # ---- world (scenario) events -----------------------------------------------------
     def _schedule_world(self, scenario: Scenario, after: float) -> None:
@@ -229,8 +306,20 @@ class ChainModel:
 
     # ---- the twin's interface --------------------------------------------------------
     def apply(self, cmd: ProtocolSwitch) -> None:
-        """Actuate: switch the consensus protocol from the next height that starts."""
+        """Actuate: switch the consensus protocol from the next height no node started.
+
+        Every core (and every core started later) gets the same agreed height; the
+        validators order the twin's command through a block instead, which takes
+        effect `reconfig_delay` blocks after it commits (not modelled)."""
         self.protocol = self._check(cmd.protocol)
+        height = max((n.core.height for n in self.nodes if n.core is not None), default=0) + 1
+        if self.schedule.at(height) == cmd.protocol:
+            return
+        self.schedule.decide(cmd.protocol, height)
+        ev = SwitchProtocol(cmd.protocol, height)
+        for n in self.nodes:
+            if n.core is not None:
+                n.run(ev)
 
     def run_until(self, t: float) -> None:
         self.kernel.run_until(t)
@@ -277,8 +366,7 @@ class ChainModel:
         """An independent copy for what-if runs (the transaction stream is shared)."""
         saved = self.records
         self.records = []
-        memo: dict[int, object] = {id(self.stream): self.stream, id(self.scenario): self.scenario,
-                                   id(self.rules): self.rules}
+        memo: dict[int, object] = {id(self.stream): self.stream, id(self.scenario): self.scenario}
         for b in self.chain:  # committed blocks never change: share them
             memo[id(b)] = b
         try:

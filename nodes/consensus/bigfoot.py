@@ -1,37 +1,38 @@
-"""BigFoot commit rule (Saltini 2022): a fast path on unanimous PREPAREs.
+"""BigFoot (Saltini 2022): a fast path on unanimous PREPAREs.
 
-A node that receives PREPARE from all n validators before `fast_path_timeout`
-(started when it accepts the proposal) commits at once: two message delays and no
-COMMIT phase; the n PREPARE signatures are the certificate. Otherwise, once the timer
-has expired it falls back to PBFT (COMMIT after 2f+1 PREPAREs). So it is faster than
-PBFT when everyone is up and slower by about the fast-path timeout when someone is not.
-Round changes take the fast path into account (see `engine.select_value`).
+A validator that counts PREPAREs from all n for the proposal it accepted, before its
+fast-path timer (started when it accepted) fires, commits at once: two message delays,
+no COMMIT phase; the n PREPARE signatures are the certificate. Once the timer has fired
+it also runs PBFT's COMMIT phase (COMMIT after a quorum of PREPAREs; commit on a quorum
+of COMMITs), and still commits if all n PREPAREs arrive later: they are a certificate
+whenever they arrive, and the others may have decided on them and sent no COMMIT (the
+proposer, whose timer starts first, otherwise waited for state transfer at most
+heights). So it is faster than PBFT when everyone
+is up and slower by about the fast-path timeout when someone is not. Round changes
+re-propose a possibly fast-committed block (`values.select_value`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from nodes.consensus.base import ConsensusProtocol
-
-if TYPE_CHECKING:
-    from nodes.consensus.engine import Engine, RoundState
+from nodes.consensus.rules import Core, ProtocolRules, register
+from nodes.consensus.state import RoundState
 
 
-class BigFoot(ConsensusProtocol):
+@register
+class BigFoot(ProtocolRules):
     name = "bigfoot"
 
-    def on_proposal(self, engine: Engine, rs: RoundState) -> None:
-        engine.start_fast_timer(rs, engine.timing.fast_path_timeout)
-        self.on_prepare(engine, rs)
+    def on_proposal(self, core: Core, rs: RoundState) -> None:
+        core.start_protocol_timer(rs, core.config.timeouts.fast_path)
+        self.on_prepare(core, rs)
 
-    def on_prepare(self, engine: Engine, rs: RoundState) -> None:
-        count = engine.prepare_count(rs)
-        if not rs.fast_expired and count == engine.n:
-            engine.commit_fast(rs)
-        elif rs.fast_expired and count >= engine.quorum:
-            engine.send_commit(rs)
+    def on_prepare(self, core: Core, rs: RoundState) -> None:
+        count = core.prepare_count(rs)
+        if count == core.n:
+            core.commit_on_prepares(rs)
+        elif rs.timer_fired and count >= core.quorum:
+            core.send_commit(rs)
 
-    def on_fast_timer(self, engine: Engine, rs: RoundState) -> None:
-        rs.fast_expired = True
-        self.on_prepare(engine, rs)
+    def on_timer(self, core: Core, rs: RoundState) -> None:
+        rs.timer_fired = True
+        self.on_prepare(core, rs)

@@ -1,24 +1,17 @@
-"""PBFT/IBFT commit rule: PREPARE quorum (2f+1) -> COMMIT; COMMIT quorum -> commit."""
+"""PBFT/IBFT: PRE-PREPARE, PREPARE, COMMIT. COMMIT after a quorum of PREPAREs for the
+accepted proposal; the block commits on a quorum of COMMITs (the core's rule for every
+protocol): three message delays after the proposal is sent."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from nodes.consensus.base import ConsensusProtocol
-
-if TYPE_CHECKING:
-    from nodes.consensus.engine import Engine, RoundState
+from nodes.consensus.rules import Core, ProtocolRules, register
+from nodes.consensus.state import RoundState
 
 
-class Pbft(ConsensusProtocol):
+@register
+class Pbft(ProtocolRules):
     name = "pbft"
 
-    def on_proposal(self, engine: Engine, rs: RoundState) -> None:
-        self.on_prepare(engine, rs)
-
-    def on_prepare(self, engine: Engine, rs: RoundState) -> None:
-        if engine.prepare_count(rs) >= engine.quorum:
-            engine.send_commit(rs)
-
-    def on_fast_timer(self, engine: Engine, rs: RoundState) -> None:
-        raise AssertionError("PBFT starts no fast-path timer")
+    def on_prepare(self, core: Core, rs: RoundState) -> None:
+        if core.prepare_count(rs) >= core.quorum:
+            core.send_commit(rs)

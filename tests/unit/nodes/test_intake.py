@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from nodes.block import Block, seal_bytes
-from nodes.consensus.engine import message_bytes, select_value
 from nodes.crypto import KeyPair
 from nodes.reconfig import ReconfigCommand
 from nodes.transport import encode, read_frame
 from nodes.tx import Transaction
+from nodes.wire import message_bytes
 from tests.unit.nodes.cluster import Cluster, assert_prefix_consistent, make_genesis
 
 
@@ -92,7 +92,7 @@ def test_client_gets_reasons_and_forgeries_are_counted(tmp_path: Path) -> None:
                 {"prepared": None, "voted": None, "blocks": {"ab": {"header": 1}}},
                 {"prepared": None, "voted": None, "blocks": []},
             ]
-            now_h = node.engine.height  # no await below: the height cannot move meanwhile
+            now_h = node.core.height  # no await below: the height cannot move meanwhile
             for i, extra in enumerate(weird):
                 rc = {"t": "rc", "from": "v1", "h": now_h, "r": 5 + i, **extra}
                 rc["sig"] = v1.sign(message_bytes(rc))
@@ -113,46 +113,6 @@ def test_client_gets_reasons_and_forgeries_are_counted(tmp_path: Path) -> None:
             await cluster.stop()
 
     asyncio.run(asyncio.wait_for(body(), 60))
-
-
-def _rc(key: KeyPair, sender: str, r: int, prepared: Any, voted: Any, blocks: dict) -> dict:
-    msg = {
-        "t": "rc",
-        "from": sender,
-        "h": 1,
-        "r": r,
-        "prepared": prepared,
-        "voted": voted,
-        "blocks": blocks,
-    }
-    msg["sig"] = key.sign(message_bytes(msg))
-    return msg
-
-
-def test_select_value_respects_prepared_and_fast_path_votes() -> None:
-    from nodes.block import Block
-
-    k = KeyPair.generate()
-    a = Block.create(k, 1, "g", "bigfoot", "v0", 1.0, [])
-    b = Block.create(k, 1, "g", "bigfoot", "v1", 2.0, [])
-    wa, wb = a.to_wire(), b.to_wire()
-    none = [_rc(k, f"v{i}", 2, None, None, {}) for i in range(3)]
-    assert select_value(none, f=1) is None
-    prep = {"round": 0, "hash": a.hash, "votes": []}
-    one_prepared = [_rc(k, "v0", 2, prep, None, {a.hash: wa})] + none[1:]
-    assert select_value(one_prepared, f=1).hash == a.hash
-    # f+1 claims of a round-1 PREPARE for b beat a round-0 prepared certificate for a:
-    # b may have been committed on BigFoot's fast path in round 1.
-    vote_b = {"round": 1, "hash": b.hash, "sig": "s"}
-    mixed = [
-        _rc(k, "v0", 2, prep, None, {a.hash: wa}),
-        _rc(k, "v1", 2, None, vote_b, {b.hash: wb}),
-        _rc(k, "v2", 2, None, vote_b, {b.hash: wb}),
-    ]
-    assert select_value(mixed, f=1).hash == b.hash
-    # A single claim is not enough (could be a byzantine validator's).
-    single = [mixed[0], mixed[1], none[2]]
-    assert select_value(single, f=1).hash == a.hash
 
 
 def test_each_transaction_is_verified_once_per_node(tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nodes.block import Block, BlockInvalid, Certificate, Vote, quorum_size, seal_bytes
+from nodes.auth import WireAuth
+from nodes.block import Block, BlockInvalid, seal_bytes
+from nodes.consensus import Committee, certificate_problem, quorum_size
+from nodes.consensus.messages import Certificate, CertVote
 from nodes.crypto import KeyPair, Verifier
 from nodes.ledger import Ledger, LedgerError
 from nodes.mempool import Mempool
@@ -127,14 +130,17 @@ def test_block_hash_signature_and_tamper_detection() -> None:
 def test_certificate_needs_quorum_or_unanimous_prepares() -> None:
     keys = {f"v{i}": KeyPair.generate() for i in range(4)}
     pubs = {k: v.public_hex for k, v in keys.items()}
-    assert quorum_size(4) == 3 and quorum_size(7) == 5 and quorum_size(5) == 4
-    v = Verifier()
+    assert [quorum_size(n) for n in (1, 4, 5, 6, 7, 10)] == [1, 3, 4, 4, 5, 7]
+    committee = Committee(sorted(keys), WireAuth(keys["v0"], pubs, Verifier()))
 
-    def votes(phase: str, who: list[str], h: int = 3) -> tuple[Vote, ...]:
-        return tuple(Vote(w, phase, keys[w].sign(seal_bytes(phase, h, 0, "abc"))) for w in who)
+    def votes(phase: str, who: list[str], h: int = 3) -> tuple[CertVote, ...]:
+        return tuple(CertVote(w, phase, keys[w].sign(seal_bytes(phase, h, 0, "abc")))
+                     for w in who)
 
-    Certificate(3, 0, "abc", votes("commit", ["v0", "v1", "v2"])).check(pubs, v)
-    Certificate(3, 0, "abc", votes("prepare", ["v0", "v1", "v2", "v3"])).check(pubs, v)
+    assert certificate_problem(
+        committee, Certificate(3, 0, "abc", votes("commit", ["v0", "v1", "v2"]))) is None
+    assert certificate_problem(
+        committee, Certificate(3, 0, "abc", votes("prepare", ["v0", "v1", "v2", "v3"]))) is None
     bad = [
         votes("commit", ["v0", "v1"]),
         votes("commit", ["v0", "v1", "v1"]),
@@ -142,8 +148,7 @@ def test_certificate_needs_quorum_or_unanimous_prepares() -> None:
         votes("commit", ["v0", "v1", "v2"], h=4),
     ]
     for vs in bad:
-        with pytest.raises(BlockInvalid):
-            Certificate(3, 0, "abc", vs).check(pubs, v)
+        assert certificate_problem(committee, Certificate(3, 0, "abc", vs)) is not None
 
 
 def test_ledger_appends_only_and_survives_reopen(tmp_path: Path) -> None:

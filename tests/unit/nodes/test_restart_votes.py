@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nodes.block import Block, seal_bytes
+from nodes.consensus.events import TimerFired
 from nodes.crypto import KeyPair
 from tests.unit.nodes.cluster import Cluster, make_genesis
 
@@ -34,21 +35,24 @@ def test_no_second_prepare_in_a_round_after_restart(tmp_path: Path) -> None:
         node = cluster.make_node("v0")
         await node.start()  # alone: nobody else runs, so height 1 cannot commit
         node._on_frame(first, None)  # type: ignore[arg-type]
-        assert node.engine.rounds[0].prepares["v0"][0] == first["block"]["hash"]
+        assert node.core.rounds[0].prepares["v0"][0] == first["block"]["hash"]
         await node.stop()  # as good as kill -9 for the vote table: nothing else is flushed
 
         again = cluster.make_node("v0")
         await again.start()
+        sent: list[dict[str, Any]] = []
+        again.transport.broadcast = sent.append  # type: ignore[method-assign]
         try:
-            assert again.engine.last_vote is not None
-            assert again.engine.last_vote[1] == first["block"]["hash"]
+            assert again.core.last_vote is not None
+            assert again.core.last_vote[1] == first["block"]["hash"]
             again._on_frame(second, None)  # type: ignore[arg-type]
             assert again.counters["rejected_proposal"] == 1
-            assert "v0" not in again.engine._rs(0).prepares
-            rc = again.engine._rc_message(1)
-            assert rc["voted"]["hash"] == first["block"]["hash"]
+            assert "v0" not in again.core._rs(0).prepares
             again._on_frame(first, None)  # type: ignore[arg-type]  # the same block is fine
-            assert again.engine.rounds[0].prepares["v0"][0] == first["block"]["hash"]
+            assert again.core.rounds[0].prepares["v0"][0] == first["block"]["hash"]
+            again.driver.feed(TimerFired("round", 1, 0))  # round 0 times out
+            (rc,) = [m for m in sent if m["t"] == "rc"]
+            assert rc["r"] == 1 and rc["voted"]["hash"] == first["block"]["hash"]
         finally:
             await again.stop()
 

@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 
 from nodes.block import Block
-from nodes.consensus.engine import Engine
+from nodes.consensus.events import Broadcast
+from nodes.consensus.messages import Proposal
+from nodes.driver import AsyncDriver
 from nodes.node import Node
 from nodes.reconfig import ReconfigCommand
+from nodes.wire import encode
 from tests.unit.nodes.cluster import Cluster, assert_prefix_consistent, make_genesis
 
 
@@ -57,12 +60,20 @@ def test_f_crashed_nodes_keep_safety_and_progress(tmp_path: Path, n: int, protoc
     run(body())
 
 
-class EquivocatingEngine(Engine):
-    """Byzantine proposer: sends one block to half the validators and another to the rest."""
+class EquivocatingDriver(AsyncDriver):
+    """Byzantine proposer: sends its block to half the validators and another to the rest.
 
-    def send_proposal(self, height: int, round_: int, block: Block, just: Any) -> None:
+    It is a driver that disobeys its core: the core's own proposal goes to the first
+    half, a second signed block for the same (height, round) to the others."""
+
+    def _execute(self, eff: Any) -> Any:
+        if type(eff) is not Broadcast or type(eff.msg) is not Proposal:
+            return super()._execute(eff)
+        p, node = eff.msg, self.hooks
+        block = p.block
+        assert isinstance(node, Node)
         other = Block.create(
-            self.node.key,
+            node.key,
             block.height,
             block.prev_hash,
             block.protocol,
@@ -73,19 +84,21 @@ class EquivocatingEngine(Engine):
             block.prev_cert,
             block.prev_record,
         )
-        peers = sorted(self.node.transport.links)
+        twin = Proposal(p.height, p.round, p.sender, other, p.justification)
+        twin = Proposal(p.height, p.round, p.sender, other, p.justification, self.auth.sign(twin))
+        peers = sorted(node.transport.links)
         half = len(peers) // 2
         for i, peer in enumerate(peers):
-            chosen = block if i < half else other
-            self.node.transport.send(peer, self.proposal_message(height, round_, chosen, just))
-        self.on_message(self.proposal_message(height, round_, block, just))
-        self.node.counters["equivocated"] += 1
+            node.transport.send(peer, encode(p if i < half else twin))
+        node.counters["equivocated"] += 1
+        return None
 
 
 class ByzantineNode(Node):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.engine = EquivocatingEngine(self)
+        d = self.driver
+        self.driver = EquivocatingDriver(d.me, d.core, d.transport, d.ledger, d.auth, self)
 
 
 @pytest.mark.parametrize("n", [4, 7])
@@ -209,7 +222,7 @@ def test_liveness_after_proposer_crash(tmp_path: Path, protocol: str) -> None:
             while cluster.nodes["v0"].ledger.height == h:
                 await asyncio.sleep(0.001)
             nxt = cluster.nodes["v0"].ledger.height + 1
-            victim = cluster.nodes["v0"].engine.proposer(nxt, 0)
+            victim = cluster.nodes["v0"].core.proposer(nxt, 0)
             await cluster.crash(victim)
             t0 = time.time()
             waited = await cluster.wait_height(nxt, 10)

@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 
 from nodes.crypto import KeyPair
-from nodes.node import sync_resp_bytes
+from nodes.wire import sync_resp_bytes
 from tests.unit.nodes.cluster import Cluster, assert_prefix_consistent, make_genesis
 
 
@@ -24,7 +24,8 @@ def test_forged_state_transfer_is_rejected_and_real_one_accepted(tmp_path: Path)
 
             def resp(blocks: list, key: KeyPair = v1, sender: str = "v1") -> dict:
                 msg = {"t": "sync_resp", "from": sender, "blocks": blocks, "tip": 3}
-                msg["sig"] = key.sign(sync_resp_bytes(msg))
+                hashes = [b[0]["hash"] for b in blocks]
+                msg["sig"] = key.sign(sync_resp_bytes(sender, 3, hashes))
                 return msg
 
             weak = copy.deepcopy([list(r) for r in rows])
@@ -35,7 +36,8 @@ def test_forged_state_transfer_is_rejected_and_real_one_accepted(tmp_path: Path)
             )
             stranger = KeyPair.generate()
 
-            fresh = cluster.make_node("v3")  # empty ledger, not started: nothing else feeds it
+            fresh = cluster.make_node("v3")  # empty ledger, no transport: nothing else feeds it
+            fresh.driver.start()
             for bad in (resp(weak), resp(tampered), resp(rows, stranger), resp(rows, v1, "v2")):
                 fresh._on_frame(bad, None)  # type: ignore[arg-type]
             assert fresh.ledger.height == 0

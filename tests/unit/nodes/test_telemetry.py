@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 from nodes.config import Timing
+from nodes.driver import core_config
 from nodes.sensor import BlockSensorRecord
 from tests.unit.nodes.cluster import Cluster, make_genesis
 
 
 def test_round_timeouts_are_capped() -> None:
     t = Timing(round_timeout=1.0, round_backoff=2.0, max_round_timeout=5.0)
-    values = [t.round_timeout_for(r) for r in range(0, 10_000, 7)]
+    timeouts = core_config(t).timeouts
+    values = [timeouts.round(r) for r in range(0, 10_000, 7)]
     assert values[0] == 1.0 and max(values) == 5.0
 
 

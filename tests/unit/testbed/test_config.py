@@ -33,9 +33,13 @@ def error(tmp_path: Path, exp: dict, topo: dict | None = None, overrides=()) -> 
 
 @pytest.mark.smoke
 def test_shipped_files_are_valid():
-    for path in sorted((PROJECT_ROOT / "topologies").glob("*.yaml")):
+    topologies = sorted((PROJECT_ROOT / "topologies").rglob("*.yaml"))
+    experiments = sorted((PROJECT_ROOT / "experiments").rglob("*.yaml"))
+    assert topologies and experiments, "no shipped YAML found: wrong PROJECT_ROOT?"
+    assert any(p.parent.name == "paper" for p in experiments)
+    for path in topologies:
         config.load_topology(path)
-    for path in sorted((PROJECT_ROOT / "experiments").glob("*.yaml")):
+    for path in experiments:
         config.load_experiment(path)
 
 

@@ -1,0 +1,739 @@
+"""The consensus core: one validator's rules as a deterministic state machine.
+
+`Core.handle(event, now) -> list[Effect]` is the whole interface. The core owns no
+socket, no clock and no randomness: `now` is handed in (wall time on a validator,
+simulated time in the twin) and only stamped into records and rate limits. Drivers
+execute the effects (`events`), feed back timer firings, and after making a `Commit`
+durable feed `Applied` for it: only then does the core move to the next height (as
+raft's Ready/Advance), so block checks always see the committed tip.
+
+The rules, all here (quorum and certificates in `quorum`/`values`, protocols in `rules`):
+
+- Heights and rounds (IBFT/QBFT). Round r of height h has proposer
+  validators[(h + r) % n]. Entering a round starts its timer, min(base * backoff**r,
+  cap) (+ a round-0 allowance for batching); the round-0 proposer asks its driver for a
+  batch (`WantBatch`) and proposes on `BatchReady`.
+- Proposals. Accepted from the round's proposer only, once per round (a second one is
+  an equivocation and ignored), at the current round or, if justified, at a later one
+  (the validator moves there); above round 0 only with q valid ROUND-CHANGEs whose
+  forced value (`values.select_value`) it carries. Content is the `BlockRules`' check.
+  The validator then PREPAREs, at most one digest per (round, phase), also across
+  restarts (votes are persisted before they are sent and restored on start).
+- Commit rules: the protocol's rules object says when to COMMIT or commit on PREPAREs;
+  q COMMITs for the proposal of any round commit it. COMMITs without the proposal mean
+  it committed elsewhere: ask for the blocks.
+- Locks: q PREPAREs make a prepared certificate (kept for the highest round).
+- Round changes. On a round timeout the validator moves to r + 1 and broadcasts
+  ROUND-CHANGE with its prepared certificate and last PREPARE; on valid ROUND-CHANGEs
+  from f + 1 validators for rounds above its own it moves to the (f+1)-th highest of
+  their rounds (at least one honest validator is there); the proposer of round r > 0
+  proposes once it holds q ROUND-CHANGEs for r.
+- Protocol switch at a height (`schedule`); each height runs one protocol's rules.
+- Out of window (`window`): a message for a past height is a peer lagging (answer with
+  blocks, rate-limited per peer and height, unless it is the normal tail of the last
+  height); for a later height within `heights_ahead` it is verified and kept, bounded,
+  and hints that we are behind (ask for blocks now if two heights ahead or a round
+  change, after `lag_grace` if a vote one height ahead); beyond the window it is
+  dropped; so are rounds beyond `rounds_ahead`.
+- State transfer: blocks from a `SyncResponse` are committed one at a time, each only
+  with a valid certificate and acceptable content on our tip; requests are
+  rate-limited (`sync_interval`); we ask again while the peer's tip is ahead.
+
+Issue 17 (liveness under faults) changes round synchronisation, back-off, catch-up and
+windows: here, and nowhere in the drivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from nodes.consensus.events import (
+    LAG_TIMER,
+    PROTOCOL_TIMER,
+    ROUND_TIMER,
+    Applied,
+    BatchReady,
+    Broadcast,
+    CancelTimer,
+    Commit,
+    CommitInfo,
+    Log,
+    PersistVote,
+    RequestSync,
+    ServeSync,
+    Start,
+    StartTimer,
+    SwitchProtocol,
+    TimerFired,
+    WantBatch,
+)
+from nodes.consensus.messages import (
+    Certificate,
+    CertVote,
+    NodeId,
+    PreparedCert,
+    Proposal,
+    RoundChange,
+    SyncRequest,
+    SyncResponse,
+    Vote,
+    VoteClaim,
+)
+from nodes.consensus.ports import BlockRules, CoreConfig
+from nodes.consensus.rules import ProtocolRules, rules_for
+from nodes.consensus.schedule import Schedule
+from nodes.consensus.state import RoundState
+from nodes.consensus.values import (
+    Committee,
+    Invalid,
+    certificate_problem,
+    check_round_change,
+    justified_value,
+    select_value,
+)
+from nodes.consensus.window import FutureBuffer
+
+_NO_OUT: Any = ()
+"""`out` outside `handle`: appending to it fails loudly."""
+_MSG_BYTES = 200
+"""Buffer accounting for a vote, a round change without blocks, a proposal's header."""
+
+
+class Core:
+    def __init__(self, me: NodeId, committee: Committee, config: CoreConfig,
+                 blocks: BlockRules, schedule: Schedule, tip_height: int = 0,
+                 tip_digest: Any = None, votes: Iterable[tuple[Vote, Any]] = ()) -> None:
+        """`tip_*`: the last committed block; `votes`: this validator's persisted votes
+        (with the block of each PREPARE), which bind it after a restart."""
+        self.me = me
+        self.c = committee
+        self.n, self.f, self.quorum = committee.n, committee.f, committee.quorum
+        self.is_validator = me in committee.members
+        self.config = config
+        self.blocks = blocks
+        self.schedule = schedule
+        self.tip_height = tip_height
+        self.tip_digest = tip_digest
+        self._restored = [(v, b) for v, b in votes if v.height == tip_height + 1]
+        self.protocol: ProtocolRules = rules_for(schedule.at(tip_height + 1))
+        self.height = tip_height + 1
+        self.round = 0
+        self.rounds: dict[int, RoundState] = {}
+        self.rcs: dict[int, dict[NodeId, RoundChange]] = {}
+        self.prepared: tuple[int, Any, tuple[tuple[NodeId, str], ...]] | None = None
+        self.last_vote: tuple[int, Any, str, Any] | None = None
+        self.sent_votes: dict[tuple[int, str], Any] = {}
+        self.rc_log: list[tuple[int, float, str]] = []
+        self.timers: dict[tuple[str, int, int], None] = {}
+        self.buffer = FutureBuffer(config.window, self.n)
+        self.started = False
+        self.applying: int | None = None
+        self._applying_digest: Any = None
+        self._pending_sync: list[tuple[Any, Certificate, NodeId]] = []
+        self._synced = 0
+        self._sync_more: tuple[NodeId, int] | None = None
+        self._last_sync_req = float("-inf")
+        self._help_times: dict[tuple[NodeId, int], float] = {}
+        self._lag_height = 0
+        self._lag_peer: NodeId | None = None
+        self.now = 0.0
+        self.out: list[Any] = _NO_OUT
+
+    # ---- the interface --------------------------------------------------------------
+    def handle(self, event: Any, now: float) -> list[Any]:
+        """Apply one event; return the effects for the driver, in order."""
+        fn = _DISPATCH.get(type(event))
+        if fn is None:
+            raise TypeError(f"not a consensus event: {event!r}")
+        self.now = now
+        out: list[Any] = []
+        self.out = out
+        try:
+            if self.started or type(event) is Start:
+                fn(self, event)
+        finally:
+            self.out = _NO_OUT
+        return out
+
+    def proposer(self, height: int, round_: int) -> NodeId:
+        return self.c.proposer(height, round_)
+
+    def protocol_at(self, height: int) -> str:
+        return self.schedule.at(height)
+
+    # ---- hooks for the protocols' rules --------------------------------------------
+    def prepare_count(self, rs: RoundState) -> int:
+        if rs.proposal is None:
+            return 0
+        return rs.prepare_tally.get(rs.proposal.digest, 0)
+
+    def send_commit(self, rs: RoundState) -> None:
+        """Vote COMMIT for the current round's proposal (once)."""
+        if rs.sent_commit or rs.proposal is None or rs.round != self.round:
+            return
+        rs.sent_commit = True
+        self._vote(rs, "commit")
+        self._check_commit_quorum(rs)
+
+    def commit_on_prepares(self, rs: RoundState) -> None:
+        """Commit on PREPAREs from all n (a fast certificate is valid at any time)."""
+        digest = rs.proposal.digest
+        votes = tuple(CertVote(v, "prepare", s) for v, (d, s, _) in rs.prepares.items()
+                      if d == digest)
+        if len(votes) == self.n:
+            self._finalize(rs, Certificate(self.height, rs.round, digest, votes), True)
+
+    def start_protocol_timer(self, rs: RoundState, delay: float) -> None:
+        key = (PROTOCOL_TIMER, self.height, rs.round)
+        if key not in self.timers:
+            self.timers[key] = None
+            self.out.append(StartTimer(PROTOCOL_TIMER, self.height, rs.round, delay))
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def _on_start(self, ev: Start) -> None:
+        if self.started:
+            return
+        self.started = True
+        self._enter_height(self.tip_height + 1)
+        if self.tip_height > 0:
+            self._request_sync(None)
+
+    def _enter_height(self, height: int) -> None:
+        out = self.out
+        for key in self.timers:
+            out.append(CancelTimer(*key))
+        self.timers.clear()
+        self.height = height
+        self.round = 0
+        self.rounds = {}
+        self.rcs = {}
+        self.prepared = None
+        self.last_vote = None
+        self.sent_votes = {}
+        self.rc_log = []
+        if self._restored:
+            for vote, block in self._restored:
+                if vote.height != height:
+                    continue
+                self.sent_votes[(vote.round, vote.phase)] = vote.digest
+                if vote.phase == "prepare" and block is not None and (
+                        self.last_vote is None or vote.round > self.last_vote[0]):
+                    self.last_vote = (vote.round, vote.digest, vote.sig, block)
+            self._restored = []
+        name = self.schedule.at(height)
+        if name != self.protocol.name:
+            self.protocol = rules_for(name)
+            out.append(Log("switch", {"height": height, "protocol": name}))
+        self._start_round(0)
+        for msg in self.buffer.take(height):
+            if self.height != height or self.applying is not None:
+                break  # committed meanwhile: the rest is stale
+            self._current(msg, True)
+
+    def _start_round(self, round_: int) -> None:
+        h = self.height
+        old = (ROUND_TIMER, h, self.round)
+        if old in self.timers:
+            del self.timers[old]
+            self.out.append(CancelTimer(*old))
+        self.round = round_
+        self.timers[(ROUND_TIMER, h, round_)] = None
+        self.out.append(StartTimer(ROUND_TIMER, h, round_,
+                                   self.config.timeouts.round(round_)))
+        if self.is_validator and self.c.proposer(h, round_) == self.me:
+            if round_ == 0:
+                lv = self.last_vote
+                if lv is not None and lv[0] == 0 and lv[3].proposer == self.me:
+                    self._propose(h, 0, lv[3], None)  # restarted: never a second block
+                else:
+                    self.out.append(WantBatch(h))
+            else:
+                self._maybe_propose_after_rc()
+
+    def _rs(self, round_: int) -> RoundState:
+        rs = self.rounds.get(round_)
+        if rs is None:
+            rs = self.rounds[round_] = RoundState(round_)
+        return rs
+
+    # ---- proposing -------------------------------------------------------------------
+    def _on_batch_ready(self, ev: BatchReady) -> None:
+        h = self.height
+        if (ev.height != h or self.applying is not None or self.round != 0
+                or not self.is_validator or self.c.proposer(h, 0) != self.me
+                or self._rs(0).proposed):
+            return
+        block = self.blocks.build(h, self.tip_digest, self.protocol.name, self.now)
+        self._propose(h, 0, block, None)
+
+    def _maybe_propose_after_rc(self) -> None:
+        h, r = self.height, self.round
+        if r == 0 or not self.is_validator or self.c.proposer(h, r) != self.me:
+            return
+        rs = self._rs(r)
+        rcs = self.rcs.get(r)
+        if rs.proposed or rcs is None or len(rcs) < self.quorum:
+            return
+        just = tuple(rcs.values())[: self.quorum]
+        forced = select_value(just, self.f)
+        if forced is not None:
+            self.out.append(Log("reproposal", {"height": h, "round": r}))
+            block = forced
+        else:
+            block = self.blocks.build(h, self.tip_digest, self.protocol.name, self.now)
+        self._propose(h, r, block, just)
+
+    def _propose(self, h: int, r: int, block: Any,
+                 just: tuple[RoundChange, ...] | None) -> None:
+        self._rs(r).proposed = True
+        p = Proposal(h, r, self.me, block, just)
+        sig = self.c.auth.sign(p)
+        if sig:
+            p = Proposal(h, r, self.me, block, just, sig)
+        self.out.append(Broadcast(p))
+        self._on_proposal(p, True)
+
+    # ---- messages for (height, round) --------------------------------------------------
+    def _on_message(self, msg: Any) -> None:
+        sender = msg.sender
+        if sender not in self.c.members or msg.round < 0 or msg.height < 1:
+            self._reject("consensus", f"bad header from {sender!r}")
+            return
+        h = msg.height
+        if self.applying is not None:
+            if h > self.height:
+                self._keep_future(msg)
+            return
+        if h == self.height:
+            if msg.round > self.round + self.config.window.rounds_ahead:
+                self._drop("round beyond window", sender)
+                return
+            self._current(msg, False)
+        elif h > self.height:
+            self._keep_future(msg)
+        elif h < self.height - 1 or type(msg) is RoundChange:
+            # A vote one height behind is the normal tail of the last height (its sender
+            # commits as soon as the quorum's votes reach it); only a sender further
+            # behind, or timing out there, needs our blocks.
+            self._help(sender, h)
+
+    def _current(self, msg: Any, verified: bool) -> None:
+        t = type(msg)
+        if t is Vote:
+            self._on_vote(msg, verified)
+        elif t is Proposal:
+            self._on_proposal(msg, verified)
+        else:
+            self._on_round_change(msg, verified)
+
+    def _keep_future(self, msg: Any) -> None:
+        h, sender, w = msg.height, msg.sender, self.config.window
+        if h > self.height + w.heights_ahead or msg.round > w.rounds_ahead:
+            self._drop("height or round beyond window", sender)
+            self._request_sync(sender)
+            return
+        t = type(msg)
+        try:
+            self._precheck(msg)
+        except Invalid as exc:
+            self._reject(_kind(msg), str(exc))
+            return
+        key = (t.__name__, h, msg.round, sender, msg.phase if t is Vote else "")
+        if not self.buffer.add(key, h, sender, msg, self._size(msg)):
+            self._drop("buffer full", sender)
+        if h > self.height + 1 or t is RoundChange:
+            self._request_sync(sender)
+        elif t is not Proposal:
+            self._lag_check(sender)
+
+    def _precheck(self, msg: Any) -> None:
+        """What can be checked before this validator reaches the message's height."""
+        t = type(msg)
+        if t is RoundChange:
+            check_round_change(self.c, msg, msg.height)
+        elif t is Proposal and msg.sender != self.c.proposer(msg.height, msg.round):
+            raise Invalid(f"proposal h={msg.height} r={msg.round} from {msg.sender} "
+                          "not expected")
+        elif not self.c.auth.verify(msg):
+            raise Invalid(f"bad {_kind(msg)} signature from {msg.sender}")
+
+    def _size(self, msg: Any) -> int:
+        t = type(msg)
+        if t is Vote:
+            return _MSG_BYTES
+        if t is Proposal:
+            extra = sum(self._size(rc) for rc in msg.justification or ())
+            return _MSG_BYTES + self.blocks.size(msg.block) + extra
+        blocks = {x.block.digest: x.block for x in (msg.prepared, msg.voted) if x is not None}
+        return _MSG_BYTES + sum(self.blocks.size(b) for b in blocks.values())
+
+    def _on_proposal(self, p: Proposal, verified: bool) -> None:
+        h, r, sender = self.height, p.round, p.sender
+        if r < self.round:
+            if sender == self.c.proposer(h, r):
+                self.out.append(Log("stale_proposal", {"height": h, "round": r}))
+            else:
+                self._reject("proposal", f"proposal h={h} r={r} from {sender} not expected")
+            return
+        if sender != self.c.proposer(h, r):
+            self._reject("proposal", f"proposal h={h} r={r} from {sender} not expected")
+            return
+        if not verified and not self.c.auth.verify(p):
+            self._reject("proposal", f"bad proposal signature from {sender}")
+            return
+        block = p.block
+        rs = self._rs(r)
+        if rs.proposal is not None:
+            if rs.proposal.digest != block.digest:
+                self.out.append(Log("equivocation", {"height": h, "round": r,
+                                                     "proposer": sender}))
+            return
+        try:
+            if block.height != h:
+                raise Invalid(f"height {block.height}, expected {h}")
+            if r > 0:
+                forced = justified_value(self.c, p.justification, h, r)
+                if forced is not None and forced.digest != block.digest:
+                    raise Invalid("proposal ignores the value its round-change quorum forces")
+                if forced is None and block.proposer != sender:
+                    raise Invalid("a fresh block must be made by the round's proposer")
+            elif block.proposer != sender:
+                raise Invalid("round-0 block must be made by its proposer")
+            if block.protocol != self.protocol.name:
+                raise Invalid(f"protocol '{block.protocol}', expected '{self.protocol.name}'")
+            problem = self.blocks.check(block, self.tip_digest)
+            if problem is not None:
+                raise Invalid(problem)
+        except Invalid as exc:
+            self._reject("proposal", f"h={h} r={r} from {sender}: {exc}")
+            return
+        if self.sent_votes.get((r, "prepare"), block.digest) != block.digest:
+            self._reject("proposal", f"h={h} r={r}: voted for another block before a restart")
+            return
+        if r > self.round:
+            self.rc_log.append((r, self.now, "justified-proposal"))
+            self._start_round(r)
+        rs.proposal = block
+        rs.proposal_at = self.now
+        self._vote(rs, "prepare")
+        self.protocol.on_proposal(self, rs)
+        if self.height == h and self.applying is None:  # COMMITs may have come first
+            self._check_commit_quorum(rs)
+
+    def _vote(self, rs: RoundState, phase: str) -> None:
+        if not self.is_validator:
+            return
+        block = rs.proposal
+        digest = block.digest
+        r = rs.round
+        if self.sent_votes.get((r, phase), digest) != digest:
+            return  # never two different votes in one round, even across restarts
+        self.sent_votes[(r, phase)] = digest
+        vote = Vote(phase, self.height, r, self.me, digest)
+        sig = self.c.auth.sign(vote)
+        if sig:
+            vote = Vote(phase, self.height, r, self.me, digest, sig)
+        prepare = phase == "prepare"
+        self.out.append(PersistVote(vote, block if prepare else None))
+        self.out.append(Broadcast(vote))
+        if prepare:
+            rs.prepares[self.me] = (digest, sig, self.now)
+            rs.prepare_tally[digest] = rs.prepare_tally.get(digest, 0) + 1
+            self.last_vote = (r, digest, sig, block)
+            self._update_prepared(rs)
+        else:
+            rs.commits[self.me] = (digest, sig, self.now)
+            rs.commit_tally[digest] = rs.commit_tally.get(digest, 0) + 1
+
+    def _on_vote(self, v: Vote, verified: bool) -> None:
+        prepare = v.phase == "prepare"
+        if not prepare and v.phase != "commit":
+            self._reject("consensus", f"unknown vote phase {v.phase!r}")
+            return
+        rs = self._rs(v.round)
+        votes = rs.prepares if prepare else rs.commits
+        if v.sender in votes:
+            return
+        if not verified and not self.c.auth.verify(v):
+            self._reject(v.phase, f"bad {v.phase} signature from {v.sender}")
+            return
+        votes[v.sender] = (v.digest, v.sig, self.now)
+        tally = rs.prepare_tally if prepare else rs.commit_tally
+        tally[v.digest] = tally.get(v.digest, 0) + 1
+        if self.config.log_votes:
+            self.out.append(Log("vote", {"height": self.height, "round": v.round,
+                                         "phase": v.phase, "validator": v.sender}))
+        if prepare:
+            if rs.proposal is not None and v.digest == rs.proposal.digest:
+                self._update_prepared(rs)
+                if v.round == self.round:
+                    self.protocol.on_prepare(self, rs)
+        else:
+            self._check_commit_quorum(rs)
+
+    def _update_prepared(self, rs: RoundState) -> None:
+        if self.prepared is not None and self.prepared[0] >= rs.round:
+            return
+        if self.prepare_count(rs) < self.quorum:
+            return
+        digest = rs.proposal.digest
+        votes = tuple((v, s) for v, (d, s, _) in rs.prepares.items() if d == digest)
+        self.prepared = (rs.round, rs.proposal, votes)
+
+    def _check_commit_quorum(self, rs: RoundState) -> None:
+        if rs.proposal is None:
+            if rs.commit_tally and max(rs.commit_tally.values()) >= self.quorum:
+                self._request_sync(None)  # committed elsewhere; fetch the block
+            return
+        digest = rs.proposal.digest
+        if rs.commit_tally.get(digest, 0) < self.quorum:
+            return
+        votes = tuple(CertVote(v, "commit", s) for v, (d, s, _) in rs.commits.items()
+                      if d == digest)
+        self._finalize(rs, Certificate(self.height, rs.round, digest, votes), False)
+
+    # ---- commit ----------------------------------------------------------------------
+    def _finalize(self, rs: RoundState, cert: Certificate, fast: bool) -> None:
+        block = rs.proposal
+        h = self.height
+        if block.height != h or self.applying is not None:
+            return
+        votes = [(v, "prepare", t) for v, (_, _, t) in rs.prepares.items()]
+        votes += [(v, "commit", t) for v, (_, _, t) in rs.commits.items()]
+        votes.sort(key=_received_at)
+        heard = rs.prepares.keys() | rs.commits.keys()
+        info = CommitInfo(h, rs.round, fast, rs.proposal_at, self.now, tuple(votes),
+                          tuple(self.rc_log),
+                          tuple(v for v in self.c.validators if v not in heard))
+        self._commit(block, cert, info)
+
+    def _commit(self, block: Any, cert: Certificate, info: CommitInfo) -> None:
+        self.schedule.on_commit(block.height, self.blocks.switches(block))
+        self.applying = block.height
+        self._applying_digest = block.digest
+        self.out.append(Commit(block, cert, info))
+
+    def _on_applied(self, ev: Applied) -> None:
+        if self.applying != ev.height:
+            return
+        self.applying = None
+        self.tip_height = ev.height
+        self.tip_digest = self._applying_digest
+        if self._pending_sync:
+            self._next_synced()
+            if self.applying is not None:
+                return
+        more = None
+        if self._synced:
+            self.out.append(Log("sync", {"added": self._synced, "height": self.tip_height}))
+            self._synced = 0
+            more, self._sync_more = self._sync_more, None
+        self._enter_height(self.tip_height + 1)
+        if more is not None and more[1] > self.tip_height:
+            self._last_sync_req = float("-inf")  # the peer has more: ask right away
+            self._request_sync(more[0])
+
+    # ---- round changes ----------------------------------------------------------------
+    def _on_timer(self, ev: TimerFired) -> None:
+        key = (ev.kind, ev.height, ev.round)
+        if key not in self.timers:
+            return  # cancelled, or from before a restart
+        del self.timers[key]
+        if self.applying is not None or ev.height != self.height:
+            return
+        if ev.kind == ROUND_TIMER:
+            if ev.round == self.round:
+                self._on_round_timeout(ev.round)
+        elif ev.kind == PROTOCOL_TIMER:
+            rs = self.rounds.get(ev.round)
+            if rs is not None:
+                self.protocol.on_timer(self, rs)
+        elif ev.kind == LAG_TIMER:
+            self._request_sync(self._lag_peer)
+
+    def _on_round_timeout(self, round_: int) -> None:
+        self.rc_log.append((round_ + 1, self.now, "timeout"))
+        self.out.append(Log("round_change", {"height": self.height, "round": round_ + 1,
+                                             "reason": "timeout"}))
+        self._request_sync(None)
+        self._move_to_round(round_ + 1)
+
+    def _move_to_round(self, round_: int) -> None:
+        self._start_round(round_)
+        if not self.is_validator:
+            return
+        prepared = voted = None
+        if self.prepared is not None:
+            pr, pblock, pvotes = self.prepared
+            prepared = PreparedCert(pr, pblock, pvotes)
+        if self.last_vote is not None:
+            vr, _, vsig, vblock = self.last_vote
+            voted = VoteClaim(vr, vblock, vsig)
+        rc = RoundChange(self.height, round_, self.me, prepared, voted)
+        sig = self.c.auth.sign(rc)
+        if sig:
+            rc = RoundChange(self.height, round_, self.me, prepared, voted, sig)
+        self.out.append(Broadcast(rc))
+        self.rcs.setdefault(round_, {})[self.me] = rc
+        self._maybe_propose_after_rc()
+
+    def _on_round_change(self, rc: RoundChange, verified: bool) -> None:
+        r, sender = rc.round, rc.sender
+        seen = self.rcs.get(r)
+        if seen is not None and sender in seen:
+            return
+        if not verified:
+            try:
+                check_round_change(self.c, rc, self.height)
+            except Invalid as exc:
+                self._reject("rc", f"from {sender}: {exc}")
+                return
+        self.rcs.setdefault(r, {})[sender] = rc
+        if r > self.round:
+            # f+1 validators ahead of us: at least one honest one timed out, follow it.
+            highest: dict[NodeId, int] = {}
+            for rr, by in self.rcs.items():
+                if rr > self.round:
+                    for v in by:
+                        if rr > highest.get(v, -1):
+                            highest[v] = rr
+            ahead = sorted(highest.values(), reverse=True)
+            if len(ahead) >= self.f + 1:
+                target = ahead[self.f]
+                self.rc_log.append((target, self.now, "f+1 round changes"))
+                self._move_to_round(target)
+        elif r == self.round:
+            self._maybe_propose_after_rc()
+
+    # ---- state transfer ---------------------------------------------------------------
+    def _request_sync(self, peer: NodeId | None) -> None:
+        if self.now - self._last_sync_req < self.config.sync_interval:
+            return
+        self._last_sync_req = self.now
+        req = SyncRequest(self.me, self.tip_height + 1)
+        sig = self.c.auth.sign(req)
+        if sig:
+            req = SyncRequest(self.me, self.tip_height + 1, sig)
+        self.out.append(RequestSync(peer, req))
+
+    def _lag_check(self, peer: NodeId) -> None:
+        """A peer votes one height ahead: our commit votes are usually in flight, so ask
+        for blocks only if we are still at this height after a grace period."""
+        h = self.height
+        if self._lag_height == h:
+            return
+        self._lag_height, self._lag_peer = h, peer
+        self.timers[(LAG_TIMER, h, 0)] = None
+        self.out.append(StartTimer(LAG_TIMER, h, 0, self.config.lag_grace))
+
+    def _help(self, peer: NodeId, height: int) -> None:
+        """A peer is still working on a height we committed: send it the blocks."""
+        key = (peer, height)
+        last = self._help_times.get(key)
+        if last is not None and self.now - last < self.config.sync_interval:
+            return
+        if len(self._help_times) > 10_000:
+            self._help_times.clear()
+        self._help_times[key] = self.now
+        self.out.append(ServeSync(peer, height, self.config.sync_batch))
+
+    def _on_sync_request(self, req: SyncRequest) -> None:
+        if req.sender not in self.c.members or not self.c.auth.verify(req):
+            self._reject("sync", f"unsigned or unknown sync message from {req.sender!r}")
+            return
+        if req.start >= 1:
+            self.out.append(ServeSync(req.sender, req.start, self.config.sync_batch))
+
+    def _on_sync_response(self, resp: SyncResponse) -> None:
+        sender = resp.sender
+        if sender not in self.c.members or not self.c.auth.verify(resp):
+            self._reject("sync", f"unsigned or unknown sync message from {sender!r}")
+            return
+        expected = self.tip_height + 1 + len(self._pending_sync)
+        if self.applying is not None:
+            expected += 1
+        added = 0
+        for block, cert in resp.blocks:
+            if block.height < expected:
+                continue  # already ours
+            if block.height != expected:
+                self._reject("sync", f"block {block.height} from {sender}: expected {expected}")
+                break
+            self._pending_sync.append((block, cert, sender))
+            expected += 1
+            added += 1
+        if added:
+            self._sync_more = (sender, resp.tip)
+            if self.applying is None:
+                self._next_synced()
+
+    def _next_synced(self) -> None:
+        while self._pending_sync:
+            block, cert, sender = self._pending_sync.pop(0)
+            h = self.tip_height + 1
+            if block.height != h:
+                continue
+            expected = self.schedule.at(h)
+            if block.protocol != expected:
+                problem: str | None = f"protocol '{block.protocol}', expected '{expected}'"
+            elif cert.height != h or cert.digest != block.digest:
+                problem = "certificate is for another block"
+            else:
+                problem = (self.blocks.check(block, self.tip_digest)
+                           or certificate_problem(self.c, cert))
+            if problem is not None:
+                self._reject("sync", f"block {h} from {sender}: {problem}")
+                self._pending_sync.clear()
+                self._sync_more = None
+                return
+            fast = all(v.phase == "prepare" for v in cert.votes)
+            self._synced += 1
+            self._commit(block, cert, CommitInfo(h, cert.round, fast, self.now, self.now,
+                                                 synced=True))
+            return
+
+    # ---- protocol switch ----------------------------------------------------------------
+    def _on_switch(self, ev: SwitchProtocol) -> None:
+        try:
+            rules_for(ev.protocol)
+        except ValueError as exc:
+            self._reject("switch", str(exc))
+            return
+        if ev.height <= self.height:
+            self._reject("switch", f"switch to {ev.protocol} at height {ev.height}: this "
+                         f"validator already runs height {self.height}")
+            return
+        self.schedule.decide(ev.protocol, ev.height)
+
+    # ---- records ----------------------------------------------------------------------
+    def _reject(self, what: str, detail: str) -> None:
+        self.out.append(Log("reject", {"what": what, "detail": detail}))
+
+    def _drop(self, reason: str, sender: NodeId) -> None:
+        self.out.append(Log("dropped", {"reason": reason, "from": sender}))
+
+
+def _kind(msg: Any) -> str:
+    t = type(msg)
+    if t is Vote:
+        return str(msg.phase)
+    return "proposal" if t is Proposal else "rc"
+
+
+def _received_at(v: tuple[NodeId, str, float]) -> float:
+    return v[2]
+
+
+_DISPATCH: dict[type, Any] = {
+    Start: Core._on_start,
+    Proposal: Core._on_message,
+    Vote: Core._on_message,
+    RoundChange: Core._on_message,
+    TimerFired: Core._on_timer,
+    BatchReady: Core._on_batch_ready,
+    Applied: Core._on_applied,
+    SyncRequest: Core._on_sync_request,
+    SyncResponse: Core._on_sync_response,
+    SwitchProtocol: Core._on_switch,
+}
