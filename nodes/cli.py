@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -82,6 +83,11 @@ async def _run_node(config: Path) -> int:
 
     node = Node.from_config(load_node_config(config))
     await node.start()
+    # What start-up made (modules, keys, the genesis) lives as long as the process:
+    # keep it out of the collector's full passes, so a gen-2 pass scans only what
+    # consensus allocated since (a pause here delays every vote of this validator).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

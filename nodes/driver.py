@@ -2,7 +2,9 @@
 
 It maps the core's effects to I/O and feeds back what happens, nothing else: a
 broadcast or send becomes a frame to the transport (`nodes.wire`), a timer a
-`loop.call_later`, a commit an fsync'd ledger append (then `Applied`), a persisted
+`loop.call_later`, a commit a ledger append whose fsync runs in a worker thread (then,
+once it is on disk, the node's `committed` hook and `Applied`: the loop keeps sending
+and timing while the disk works), a persisted
 vote a row in the vote table, a sync answer our blocks read from the ledger. What the
 node around it decides (when its pool is worth a block, what the sensor record says,
 telemetry) comes in through `Hooks`. No consensus rule lives here: quorum, timeouts,
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +43,8 @@ from nodes.consensus.messages import Certificate, SyncResponse, Vote
 from nodes.consensus.ports import Authenticator, BlockRules
 from nodes.ledger import Ledger, encode_block
 from nodes.wire import DecodeError, decode, encode
+
+log = logging.getLogger(__name__)
 
 
 class Hooks(Protocol):
@@ -96,7 +101,10 @@ class AsyncDriver:
     def __init__(self, me: str, core: Core, transport: PeerSender, ledger: Ledger,
                  auth: Authenticator, hooks: Hooks,
                  loop: asyncio.AbstractEventLoop | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 flush_in_thread: bool = True) -> None:
+        """`flush_in_thread=False`: fsync on the loop, and `Applied` at once (a loop with
+        a virtual clock must not see a thread's wall time pass)."""
         self.me = me
         self.core = core
         self.transport = transport
@@ -104,9 +112,11 @@ class AsyncDriver:
         self.auth = auth
         self.hooks = hooks
         self.clock = clock
+        self.flush_in_thread = flush_in_thread
         self._loop = loop
         self._timers: dict[tuple[str, int, int], asyncio.TimerHandle] = {}
         self._encoded: tuple[str, str] | None = None
+        self._flushing: asyncio.Task[None] | None = None
         self.stopped = False
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -120,6 +130,11 @@ class AsyncDriver:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+
+    async def drain(self) -> None:
+        """Wait for the block being written (after `stop`, before closing the ledger)."""
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
 
     # ---- events into the core ----------------------------------------------------------
     def on_frame(self, msg: Mapping[str, Any]) -> None:
@@ -158,8 +173,7 @@ class AsyncDriver:
             if handle is not None:
                 handle.cancel()
         elif t is Commit:
-            self._commit(eff.block, eff.cert, eff.info)
-            return Applied(eff.block.height)
+            return self._commit(eff.block, eff.cert, eff.info)
         elif t is PersistVote:
             v = eff.vote
             bj = self.encoded_block(eff.block) if eff.block is not None else None
@@ -190,11 +204,33 @@ class AsyncDriver:
             self._encoded = (block.hash, encode_block(block))
         return self._encoded[1]
 
-    def _commit(self, block: Block, cert: Certificate, info: CommitInfo) -> None:
+    def _commit(self, block: Block, cert: Certificate, info: CommitInfo) -> Applied | None:
         encoded = self.encoded_block(block)
         record = self.hooks.record(block, cert, info, len(encoded))
-        self.ledger.append(block, cert, record, encoded)
-        self.hooks.committed(block, cert, record)
+        if not self.flush_in_thread:
+            self.ledger.append(block, cert, record, encoded)
+            self.hooks.committed(block, cert, record)
+            return Applied(block.height)
+        self.ledger.append(block, cert, record, encoded, sync=False)
+        assert self._loop is not None, "start() first"
+        self._flushing = self._loop.create_task(self._durable(block, cert, record))
+        return None
+
+    async def _durable(self, block: Block, cert: Certificate,
+                       record: dict[str, Any] | None) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.run_in_executor(None, self.ledger.flush)
+        except OSError as exc:  # the disk failed us: announce nothing, stay at this height
+            self.hooks.log("error", {"what": "ledger flush", "detail": repr(exc)})
+            return
+        self.ledger.durable_height = block.height
+        try:
+            self.hooks.committed(block, cert, record)
+            self.feed(Applied(block.height))
+        except Exception:  # as for a frame: logged, never a silent dead task
+            log.exception("%s: error after committing block %d", self.me, block.height)
+            raise
 
     def _serve(self, peer: str, start: int, limit: int) -> None:
         rows = self.ledger.get_raw(start, limit)

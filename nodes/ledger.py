@@ -1,13 +1,19 @@
-"""Durable ledger: committed blocks in SQLite (WAL, synchronous=FULL).
+"""Durable ledger: committed blocks in SQLite (WAL).
 
-A block is appended in one transaction and fsync'd before the node announces it, so
-a kill -9 loses nothing that was committed. Rows are only ever inserted: a block at
-an existing height, or one that does not extend the tip, is refused.
+A block is appended in one transaction, and its WAL is fsync'd (`flush`) before the node
+announces it, so neither a kill -9 nor an OS crash loses anything that was announced.
+The append itself does not wait for the disk (synchronous=NORMAL, which in WAL mode
+syncs only at checkpoints): `flush` is the fsync, which a validator runs off its event
+loop, because one fsync here takes 0.2-0.65 s now and then, and a blocked loop holds
+every vote and timer of the validator. `append(..., sync=True)` does both at once.
+Rows are only ever inserted: a block at an existing height, or one that does not extend
+the tip, is refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +38,7 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash TEXT NOT NULL"
             " UNIQUE, block TEXT NOT NULL, cert TEXT NOT NULL, record TEXT)"
@@ -61,6 +67,22 @@ class Ledger:
         ).fetchone()
         self.height: int = last[0] if last else 0
         self.tip_hash: str = last[1] if last else genesis_hash
+        self.flush()  # what an earlier process wrote and did not flush is durable now
+        self.durable_height: int = self.height
+        """The highest block known to be on disk (`height` may be ahead until `flush`)."""
+
+    def flush(self) -> None:
+        """fsync the WAL: every block appended so far survives an OS crash. Touches only
+        the file, not the SQLite connection, so it may run in another thread."""
+        wal = f"{self.path}-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # nothing appended since the last checkpoint of a closed ledger
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._vdb.close()
@@ -87,8 +109,10 @@ class Ledger:
         cert: Certificate,
         record: dict[str, Any] | None,
         encoded: str | None = None,
+        sync: bool = True,
     ) -> int:
-        """Insert and fsync; returns the block's encoded size in bytes."""
+        """Insert (and fsync, unless `sync` is False: then `flush` before announcing the
+        block and set `durable_height`); returns the block's encoded size in bytes."""
         if block.height != self.height + 1:
             raise LedgerError(f"append height {block.height}, expected {self.height + 1}")
         if block.prev_hash != self.tip_hash:
@@ -111,6 +135,9 @@ class Ledger:
         self.tip_hash = block.hash
         if block.height % 100 == 0:
             self._vdb.execute("DELETE FROM votes WHERE height < ?", (block.height,))
+        if sync:
+            self.flush()
+            self.durable_height = block.height
         return len(encoded)
 
     def set_record(self, height: int, record: dict[str, Any]) -> None:
@@ -134,9 +161,11 @@ class Ledger:
         return Block.from_wire(json.loads(row[0])), cert_from_wire(json.loads(row[1]))
 
     def get_raw(self, start: int, limit: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """Wire dicts for state transfer, without re-parsing."""
+        """Wire dicts for state transfer, without re-parsing; durable blocks only (what
+        we hand out we must still have after a crash)."""
         rows = self._db.execute(
-            "SELECT block, cert FROM blocks WHERE height>=? ORDER BY height LIMIT ?", (start, limit)
+            "SELECT block, cert FROM blocks WHERE height>=? AND height<=? ORDER BY height"
+            " LIMIT ?", (start, self.durable_height, limit)
         ).fetchall()
         return [(json.loads(b), json.loads(c)) for b, c in rows]
 

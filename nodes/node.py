@@ -146,6 +146,7 @@ class Node:
 
     async def stop(self) -> None:
         self.driver.stop()
+        await self.driver.drain()
         if self._batch_task:
             self._batch_task.cancel()
         await self.transport.close()

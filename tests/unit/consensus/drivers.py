@@ -218,7 +218,7 @@ class AsyncRun:
         schedule = ledger_schedule(ledger, self.plan.protocol, self.config, blocks)
         core = restore_core(me, self.ids, self.config, auth, blocks, ledger, schedule)
         driver = AsyncDriver(me, core, _Wire(self, me), ledger, auth, _Hooks(self, me),
-                             loop=self.loop, clock=self.loop.time)
+                             loop=self.loop, clock=self.loop.time, flush_in_thread=False)
         self.drivers[me] = driver
         driver.start()
 

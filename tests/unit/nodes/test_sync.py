@@ -43,7 +43,11 @@ def test_forged_state_transfer_is_rejected_and_real_one_accepted(tmp_path: Path)
             assert fresh.ledger.height == 0
             assert fresh.counters["rejected_sync"] == 4 and fresh.counters["errors"] == 0
             fresh._on_frame(resp([list(r) for r in rows]), None)  # type: ignore[arg-type]
-            assert fresh.ledger.height == 3
+            for _ in range(200):  # each block is announced once its fsync is done
+                if fresh.ledger.durable_height == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert fresh.ledger.durable_height == 3
             assert fresh.ledger.hashes() == source.ledger.hashes()[:3]
             assert_prefix_consistent({**cluster.chains(), "v3": fresh.ledger.hashes()})
             await fresh.stop()
