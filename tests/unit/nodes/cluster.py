@@ -113,9 +113,10 @@ class Cluster:
     ) -> float:
         t0 = time.time()
         ids = nodes or list(self.nodes)
-        while min(self.nodes[i].ledger.height for i in ids) < height:
+        # Durable and announced, not just appended (the fsync runs in a worker thread).
+        while min(self.nodes[i].ledger.durable_height for i in ids) < height:
             if time.time() - t0 > timeout:
-                heights = {i: self.nodes[i].ledger.height for i in ids}
+                heights = {i: self.nodes[i].ledger.durable_height for i in ids}
                 raise AssertionError(f"height {height} not reached in {timeout}s: {heights}")
             await asyncio.sleep(0.02)
         return time.time() - t0
