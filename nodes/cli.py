@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from nodes.config import ConfigError, load_genesis, load_node_config
 from nodes.consensus import RULES
@@ -97,6 +98,14 @@ async def _run_node(config: Path) -> int:
     return 0
 
 
+async def _run_client(client: Any) -> Any:
+    """Run the workload; SIGTERM/SIGINT end it early and it still writes its results."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, client.stop)
+    return await client.run()
+
+
 async def _request(target: tuple[str, int], msg: dict) -> dict:
     reader, writer = await asyncio.open_connection(*target)
     writer.write(encode(msg))
@@ -145,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.duration,
                 args.size,
                 drain=args.drain,
+                journal=Path(f"{args.out}.journal") if args.out else None,
             )
-            result = asyncio.run(client.run())
+            result = asyncio.run(_run_client(client))
             if args.out:
                 result.write_csv(args.out)
             print(json.dumps(result.summary()))

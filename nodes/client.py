@@ -4,6 +4,11 @@ Each transaction goes to every target validator (each producer keeps its own poo
 in the twin paper). The client records its submit time (also the tx timestamp) and the
 time it first hears the transaction committed from any node; per-transaction latency is
 commit time - submit time, as in the twin paper.
+
+With a `journal` path every submission and every commit notice is appended to it as it
+happens (`s,<id>,<time>` / `c,<id>,<time>`, flushed per batch), so a client killed
+before it writes its CSV loses nothing: `ClientResult.from_journal` rebuilds it. On
+SIGTERM or SIGINT the CLI stops sending, skips the drain and writes its CSV.
 """
 
 from __future__ import annotations
@@ -70,7 +75,30 @@ class ClientResult:
             "latency_p95": float(np.percentile(lat, 95)) if lat.size else None,
         }
 
+    @classmethod
+    def from_journal(cls, path: Path) -> ClientResult:
+        """What a client's journal recorded (a line cut short by a kill is skipped)."""
+        res = cls()
+        with open(path) as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split(",")
+                if len(parts) != 3 or not line.endswith("\n"):
+                    continue
+                kind, tx_id, t = parts
+                try:
+                    at = float(t)
+                except ValueError:
+                    continue
+                if kind == "s":
+                    res.submitted.setdefault(tx_id, at)
+                elif kind == "c":
+                    res.committed.setdefault(tx_id, at)
+        times = list(res.submitted.values())
+        res.started, res.ended = min(times, default=0.0), max(times, default=0.0)
+        return res
+
     def write_csv(self, path: Path) -> None:
+        """Every submitted transaction, committed or not (empty commit time)."""
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["tx_id", "submit_time", "commit_time", "latency"])
@@ -98,6 +126,7 @@ class WorkloadClient:
         tick: float = 0.01,
         drain: float = 5.0,
         connect_timeout: float = 10.0,
+        journal: Path | None = None,
     ) -> None:
         if not targets:
             raise ValueError("client needs at least one target host:port")
@@ -112,6 +141,18 @@ class WorkloadClient:
         self.connect_timeout = connect_timeout
         self.result = ClientResult()
         self._seq = 0
+        self.journal_path = journal
+        self._journal: Any = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """End the run now: no more sends, no drain (a signal handler calls this)."""
+        self._stop.set()
+
+    def _note(self, lines: list[str]) -> None:
+        if self._journal is not None and lines:
+            self._journal.write("".join(lines))
+            self._journal.flush()
 
     def _rate_at(self, t: float) -> float:
         rate = 0.0
@@ -124,6 +165,8 @@ class WorkloadClient:
         # Fail fast if a node is unreachable at start; later failures (a crashed node)
         # only drop that target until it comes back.
         self._writers: dict[int, asyncio.StreamWriter | None] = {}
+        if self.journal_path is not None:
+            self._journal = open(self.journal_path, "w")  # noqa: SIM115 (closed below)
         first = await asyncio.gather(*(self._connect(h, p) for h, p in self.targets))
         tasks = [asyncio.create_task(self._keep(i, conn)) for i, conn in enumerate(first)]
         res = self.result
@@ -131,7 +174,7 @@ class WorkloadClient:
         owed = 0.0
         last = t0
         try:
-            while (now := time.time()) - t0 < self.duration:
+            while (now := time.time()) - t0 < self.duration and not self._stop.is_set():
                 owed += self._rate_at(now - t0) * (now - last)
                 last = now
                 count = int(owed)
@@ -139,11 +182,12 @@ class WorkloadClient:
                 if count:
                     self._send_batch(count)
                     await asyncio.gather(*(self._drain(i) for i in list(self._writers)))
-                await asyncio.sleep(self.tick)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.tick)
             res.ended = time.time()
             deadline = time.time() + self.drain
             while len(res.committed) + sum(res.rejected.values()) < len(res.submitted):
-                if time.time() > deadline:
+                if time.time() > deadline or self._stop.is_set():
                     break
                 await asyncio.sleep(0.02)
         finally:
@@ -152,6 +196,9 @@ class WorkloadClient:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
         return res
 
     def _send_batch(self, count: int) -> None:
@@ -165,6 +212,8 @@ class WorkloadClient:
             )
             res.submitted[tx.id] = ts
             batch.append(tx.to_wire())
+        if self._journal is not None:
+            self._note([f"s,{tx['id']},{res.submitted[tx['id']]:.6f}\n" for tx in batch])
         frame = encode({"t": "txs", "txs": batch})
         for writer in self._writers.values():
             if writer is not None and not writer.is_closing():
@@ -221,8 +270,11 @@ class WorkloadClient:
             t = msg.get("t")
             if t == "committed":
                 now = time.time()
-                for tx_id in msg["ids"]:
-                    res.committed.setdefault(tx_id, now)
+                fresh = [i for i in msg["ids"] if i not in res.committed]
+                for tx_id in fresh:
+                    res.committed[tx_id] = now
+                if self._journal is not None:
+                    self._note([f"c,{i},{now:.6f}\n" for i in fresh])
             elif t == "tx_acks":
                 for ack in msg["rejected"]:
                     # 'duplicate' from a second node only means another node has it.

@@ -145,6 +145,13 @@ def write_tables(run_dir: Path, man: dict[str, Any]) -> list[str]:
         if p["kind"] != "chain_client":
             continue
         path = run_dir / f"{p['name']}_tx.csv"
+        journal = run_dir / f"{p['name']}_tx.csv.journal"
+        if not path.exists() and journal.exists():
+            # The client was killed before writing its CSV: its journal has every
+            # submission and commit it saw, so nothing measured is lost.
+            from nodes.client import ClientResult
+
+            ClientResult.from_journal(journal).write_csv(path)
         if not path.exists():
             continue
         for r in csv.DictReader(open(path)):
