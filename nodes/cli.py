@@ -15,13 +15,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nodes.config import ConfigError, load_genesis, load_node_config
 from nodes.consensus import RULES
 from nodes.crypto import KeyPair
 from nodes.genesis import write_genesis
 from nodes.transport import encode, read_frame
+
+if TYPE_CHECKING:
+    from nodes.client import ClientResult, WorkloadClient
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -98,7 +101,7 @@ async def _run_node(config: Path) -> int:
     return 0
 
 
-async def _run_client(client: Any) -> Any:
+async def _run_client(client: WorkloadClient) -> ClientResult:
     """Run the workload; SIGTERM/SIGINT end it early and it still writes its results."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -150,7 +150,8 @@ class WorkloadClient:
         self._stop.set()
 
     def _note(self, lines: list[str]) -> None:
-        if self._journal is not None and lines:
+        """Append to the journal (callers check there is one before building lines)."""
+        if lines:
             self._journal.write("".join(lines))
             self._journal.flush()
 
