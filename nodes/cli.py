@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(_run_client(client))
             if args.out:
                 result.write_csv(args.out)
-            print(json.dumps(result.summary()))
+            print(json.dumps({**result.summary(), "skipped_batches": dict(client.skipped)}))
             return 0
         if args.cmd == "reconfig":
             from nodes.reconfig import ReconfigCommand

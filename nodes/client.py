@@ -9,6 +9,12 @@ With a `journal` path every submission and every commit notice is appended to it
 happens (`s,<id>,<time>` / `c,<id>,<time>`, flushed per batch), so a client killed
 before it writes its CSV loses nothing: `ClientResult.from_journal` rebuilds it. On
 SIGTERM or SIGINT the CLI stops sending, skips the drain and writes its CSV.
+
+A target that stops reading (its host cut off, its process stopped) never holds up the
+others: a batch goes to every target whose unsent backlog is under `max_backlog`
+bytes and is skipped (counted per target) for the rest; a connection that gets no
+acknowledgement for a few seconds is closed and redialled (issue 17: one validator cut
+off for 20 s stopped the whole load, because the client waited on its socket).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from nodes.crypto import KeyPair
-from nodes.transport import encode, read_frame
+from nodes.transport import CONNECT_TIMEOUT, encode, read_frame, tune_socket
 from nodes.tx import Transaction
 
 
@@ -127,6 +133,7 @@ class WorkloadClient:
         drain: float = 5.0,
         connect_timeout: float = 10.0,
         journal: Path | None = None,
+        max_backlog: int = 1024 * 1024,
     ) -> None:
         if not targets:
             raise ValueError("client needs at least one target host:port")
@@ -139,6 +146,9 @@ class WorkloadClient:
         self.tick = tick
         self.drain = drain
         self.connect_timeout = connect_timeout
+        self.max_backlog = max_backlog
+        self.skipped: Counter[str] = Counter()
+        """Batches not sent to a target (host:port) because it was not reading."""
         self.result = ClientResult()
         self._seq = 0
         self.journal_path = journal
@@ -182,7 +192,6 @@ class WorkloadClient:
                 owed -= count
                 if count:
                     self._send_batch(count)
-                    await asyncio.gather(*(self._drain(i) for i in list(self._writers)))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.tick)
             res.ended = time.time()
@@ -216,24 +225,24 @@ class WorkloadClient:
         if self._journal is not None:
             self._note([f"s,{tx['id']},{res.submitted[tx['id']]:.6f}\n" for tx in batch])
         frame = encode({"t": "txs", "txs": batch})
-        for writer in self._writers.values():
-            if writer is not None and not writer.is_closing():
+        for i, writer in self._writers.items():
+            if writer is None or writer.is_closing():
+                self.skipped[self._name(i)] += 1
+            elif writer.transport.get_write_buffer_size() > self.max_backlog:
+                self.skipped[self._name(i)] += 1
+            else:
                 writer.write(frame)
 
-    async def _drain(self, i: int) -> None:
-        writer = self._writers.get(i)
-        if writer is None:
-            return
-        try:
-            await writer.drain()
-        except (OSError, ConnectionError, RuntimeError):
-            self._writers[i] = None
+    def _name(self, i: int) -> str:
+        host, port = self.targets[i]
+        return f"{host}:{port}"
 
     async def _keep(self, i: int, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         """Read acks and commit notices from target i; reconnect if it goes away."""
         host, port = self.targets[i]
         while True:
             reader, writer = conn
+            tune_socket(writer)
             writer.write(encode({"t": "subscribe", "client": self.client_id}))
             self._writers[i] = writer
             try:
@@ -246,9 +255,10 @@ class WorkloadClient:
             while True:
                 await asyncio.sleep(0.2)
                 try:
-                    conn = await asyncio.open_connection(host, port)
+                    conn = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                  CONNECT_TIMEOUT)
                     break
-                except OSError:
+                except (OSError, TimeoutError):
                     continue
 
     async def _connect(

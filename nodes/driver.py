@@ -185,7 +185,7 @@ class AsyncDriver:
             else:
                 self.transport.send(eff.to, msg)
         elif t is ServeSync:
-            self._serve(eff.to, eff.start, eff.limit)
+            self._serve(eff.to, eff.start, eff.limit, eff.max_bytes)
         elif t is WantBatch:
             self.hooks.want_batch(eff.height)
         elif t is Log:
@@ -232,11 +232,9 @@ class AsyncDriver:
             log.exception("%s: error after committing block %d", self.me, block.height)
             raise
 
-    def _serve(self, peer: str, start: int, limit: int) -> None:
-        rows = self.ledger.get_raw(start, limit)
-        if not rows:
-            return
-        tip = self.ledger.height
+    def _serve(self, peer: str, start: int, limit: int, max_bytes: int) -> None:
+        rows = self.ledger.get_raw(start, limit, max_bytes) if limit > 0 else []
+        tip = self.ledger.durable_height
         digests = tuple(str(b["hash"]) for b, _ in rows)
         msg: dict[str, Any] = {"t": "sync_resp", "from": self.me,
                                "blocks": [[b, c] for b, c in rows], "tip": tip}

@@ -160,14 +160,22 @@ class Ledger:
             return None
         return Block.from_wire(json.loads(row[0])), cert_from_wire(json.loads(row[1]))
 
-    def get_raw(self, start: int, limit: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """Wire dicts for state transfer, without re-parsing; durable blocks only (what
-        we hand out we must still have after a crash)."""
-        rows = self._db.execute(
+    def get_raw(self, start: int, limit: int,
+                max_bytes: int = 1 << 62) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Wire dicts for state transfer, durable blocks only (what we hand out we must
+        still have after a crash): at most `limit` blocks, stopping before the one that
+        would pass `max_bytes` of stored JSON (the first always comes)."""
+        out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        size = 0
+        for b, c in self._db.execute(
             "SELECT block, cert FROM blocks WHERE height>=? AND height<=? ORDER BY height"
             " LIMIT ?", (start, self.durable_height, limit)
-        ).fetchall()
-        return [(json.loads(b), json.loads(c)) for b, c in rows]
+        ):
+            size += len(b) + len(c)
+            if out and size > max_bytes:
+                break
+            out.append((json.loads(b), json.loads(c)))
+        return out
 
     def hashes(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT hash FROM blocks ORDER BY height")]

@@ -150,6 +150,8 @@ class Node:
         if self._batch_task:
             self._batch_task.cancel()
         await self.transport.close()
+        # What the send queues dropped for slow or cut-off peers, for the run's record.
+        self.telemetry.event("transport", peers=self.transport.queue_stats())
         await self.telemetry.close()
         self.ledger.close()
 
@@ -433,6 +435,7 @@ class Node:
             "protocol": self.protocol_at(self.ledger.height + 1),
             "mempool": len(self.mempool),
             "counters": dict(self.counters),
+            "peers": self.transport.queue_stats(),
         }
 
 

@@ -4,6 +4,19 @@ Each node dials every peer once and keeps that connection for its outgoing messa
 what arrives on accepted connections goes to one handler, with a reply channel for
 clients. A `delay` hook (src, dst, msg) -> seconds lets tests delay and reorder
 messages, or inject link latency, without touching consensus code.
+
+Sending to a slow or unreachable peer never delays the others and never builds a
+backlog of stale messages (issue 17: a validator behind a 3 Mbit/s link received votes
+33 s late, queued in its peers' socket buffers):
+- each peer has its own queue, bounded in bytes (`max_queue_bytes`, oldest dropped
+  first: consensus supersedes old messages) and in age (a frame waiting longer than
+  `max_age` is dropped unsent: the protocol re-sends what still matters);
+- the kernel holds at most `NOTSENT_LOWAT` unsent bytes per connection
+  (TCP_NOTSENT_LOWAT), so the backlog stays in the queue where it can be dropped;
+- a connection whose data goes unacknowledged for `USER_TIMEOUT_MS` (TCP_USER_TIMEOUT:
+  the peer's host is down or cut off) is closed and redialled, each dial bounded by
+  `CONNECT_TIMEOUT`, so a healed peer is reached within about a second instead of after
+  TCP's exponential retransmission back-off.
 """
 
 from __future__ import annotations
@@ -12,7 +25,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import struct
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +37,11 @@ log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024 * 1024
 READ_LIMIT = 1024 * 1024
 _LEN = struct.Struct(">I")
+NOTSENT_LOWAT = 64 * 1024
+USER_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT = 1.0
+WRITE_CHUNK = 64 * 1024
+"""Frames handed to the socket per drain (the rest stays in the droppable queue)."""
 
 DelayFn = Callable[[str, str, dict[str, Any]], float | None]
 
@@ -70,12 +91,75 @@ class Connection:
 Handler = Callable[[dict[str, Any], Connection], Awaitable[None] | None]
 
 
+def tune_socket(writer: asyncio.StreamWriter, user_timeout_ms: int = USER_TIMEOUT_MS) -> None:
+    """Small unsent backlog in the kernel; give up on a peer that acknowledges nothing."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+
+
+class PeerQueue:
+    """Frames waiting for one peer, bounded in bytes and age (oldest dropped first)."""
+
+    def __init__(self, max_bytes: int, max_age: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes, self.max_age, self.clock = max_bytes, max_age, clock
+        self._frames: deque[tuple[float, bytes]] = deque()
+        self.bytes = 0
+        self.dropped_full = 0
+        self.dropped_stale = 0
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put(self, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            self.dropped_full += 1
+            return
+        self._frames.append((self.clock(), data))
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes:
+            self.bytes -= len(self._frames.popleft()[1])
+            self.dropped_full += 1
+        self._ready.set()
+
+    def take(self, limit: int) -> list[bytes]:
+        """Fresh frames from the head, up to `limit` bytes (at least one frame)."""
+        cutoff = self.clock() - self.max_age
+        out: list[bytes] = []
+        size = 0
+        while self._frames and (not out or size + len(self._frames[0][1]) <= limit):
+            at, data = self._frames.popleft()
+            self.bytes -= len(data)
+            if at < cutoff:
+                self.dropped_stale += 1
+                continue
+            out.append(data)
+            size += len(data)
+        if not self._frames:
+            self._ready.clear()
+        return out
+
+    async def wait(self) -> None:
+        await self._ready.wait()
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self.bytes = 0
+        self._ready.clear()
+
+
 class _PeerLink:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, queue: PeerQueue) -> None:
         self.host = host
         self.port = port
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=100_000)
+        self.queue = queue
         self.task: asyncio.Task[None] | None = None
+        self.connects = 0
 
 
 class Transport:
@@ -85,11 +169,15 @@ class Transport:
         peers: dict[str, tuple[str, int]],
         handler: Handler,
         delay: DelayFn | None = None,
+        max_queue_bytes: int = 8 * 1024 * 1024,
+        max_age: float = 10.0,
     ) -> None:
+        """`max_age`: seconds a frame may wait for its peer (several round timeouts)."""
         self.node_id = node_id
         self.handler = handler
         self.delay = delay
-        self.links = {pid: _PeerLink(h, p) for pid, (h, p) in peers.items() if pid != node_id}
+        self.links = {pid: _PeerLink(h, p, PeerQueue(max_queue_bytes, max_age))
+                      for pid, (h, p) in peers.items() if pid != node_id}
         self.frame_errors = 0
         self.dropped = 0
         self._server: asyncio.base_events.Server | None = None
@@ -143,29 +231,34 @@ class Transport:
             self.send(peer, msg, frame)
 
     def _enqueue(self, link: _PeerLink, data: bytes) -> None:
-        if self._closing:
-            return
-        try:
-            link.queue.put_nowait(data)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        if not self._closing:
+            link.queue.put(data)
+
+    def queue_stats(self) -> dict[str, dict[str, int]]:
+        """Per peer: frames and bytes waiting, frames dropped (full, stale), dials."""
+        return {pid: {"frames": len(link.queue), "bytes": link.queue.bytes,
+                      "dropped_full": link.queue.dropped_full,
+                      "dropped_stale": link.queue.dropped_stale, "connects": link.connects}
+                for pid, link in self.links.items()}
 
     async def _pump(self, link: _PeerLink) -> None:
         backoff = 0.05
         while not self._closing:
             try:
-                _, writer = await asyncio.open_connection(link.host, link.port)
-            except OSError:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(link.host, link.port), CONNECT_TIMEOUT)
+            except (OSError, TimeoutError):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
+            link.connects += 1
+            tune_socket(writer)
             try:
                 while True:
-                    data = await link.queue.get()
-                    writer.write(data)
-                    while not link.queue.empty():
-                        writer.write(link.queue.get_nowait())
+                    await link.queue.wait()
+                    for data in link.queue.take(WRITE_CHUNK):
+                        writer.write(data)
                     await writer.drain()
             except (OSError, ConnectionError):
                 self.dropped += 1
@@ -175,6 +268,7 @@ class Transport:
     # ---- receiving -----------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
+        tune_socket(writer)
         conn = Connection(writer)
         try:
             while True:

@@ -154,9 +154,9 @@ class SimNode:
                     else:
                         self._send(e.to, e.msg)
                 elif t is ServeSync:
-                    blocks = world.sync_blocks(self, e.start, e.limit)
-                    if blocks:
-                        self._send(e.to, self._sync_response(blocks))
+                    blocks = _within(world.sync_blocks(self, e.start, e.limit),
+                                     core.blocks.size, e.max_bytes)
+                    self._send(e.to, self._sync_response(blocks))
                 elif t is Log:
                     world.on_log(self, e.kind, e.data)
                 else:
@@ -185,3 +185,14 @@ class SimNode:
         d = world.delay(self.id, to, msg)
         if d is not None:
             world.kernel.schedule(world.kernel.now + d, PRIO_MSG, world.peer(to).deliver, msg)
+
+
+def _within(blocks: tuple[tuple[Any, Certificate], ...], size: Any,
+            max_bytes: int) -> tuple[tuple[Any, Certificate], ...]:
+    """The leading blocks within `max_bytes` (the first always), as the ledger serves."""
+    total = 0
+    for i, (block, _) in enumerate(blocks):
+        total += size(block)
+        if i and total > max_bytes:
+            return blocks[:i]
+    return blocks

@@ -52,6 +52,7 @@ from nodes.consensus.events import (
     LAG_TIMER,
     PROTOCOL_TIMER,
     ROUND_TIMER,
+    SYNC_TIMER,
     Applied,
     BatchReady,
     Broadcast,
@@ -132,9 +133,17 @@ class Core:
         self._applying_digest: Any = None
         self._pending_sync: list[tuple[Any, Certificate, NodeId]] = []
         self._synced = 0
-        self._sync_more: tuple[NodeId, int] | None = None
         self._last_sync_req = float("-inf")
-        self._help_times: dict[tuple[NodeId, int], float] = {}
+        self._sync_wait: tuple[NodeId, float] | None = None
+        """The one sync request in flight: (asked peer, sent at)."""
+        self._sync_rtt: float | None = None
+        """Smoothed time from a sync request to its answer (sets the give-up time)."""
+        self._sync_seq = 0
+        self._peer_tips: dict[NodeId, int] = {}
+        """Heights peers are known to have committed (signed answers and votes)."""
+        self._sync_turn = 0
+        self._hinted: dict[NodeId, float] = {}
+        self._served: dict[NodeId, float] = {}
         self._lag_height = 0
         self._lag_peer: NodeId | None = None
         self.now = 0.0
@@ -205,6 +214,7 @@ class Core:
             out.append(CancelTimer(*key))
         self.timers.clear()
         self.height = height
+        self._arm_sync_timer()
         self.round = 0
         self.rounds = {}
         self.rcs = {}
@@ -339,6 +349,7 @@ class Core:
         except Invalid as exc:
             self._reject(_kind(msg), str(exc))
             return
+        self._saw_tip(sender, h - 1)
         key = (t.__name__, h, msg.round, sender, msg.phase if t is Vote else "")
         if not self.buffer.add(key, h, sender, msg, self._size(msg)):
             self._drop("buffer full", sender)
@@ -484,7 +495,12 @@ class Core:
     def _check_commit_quorum(self, rs: RoundState) -> None:
         if rs.proposal is None:
             if rs.commit_tally and max(rs.commit_tally.values()) >= self.quorum:
-                self._request_sync(None)  # committed elsewhere; fetch the block
+                # Committed elsewhere: the (verified) committers will have the block.
+                digest = max(rs.commit_tally, key=rs.commit_tally.__getitem__)
+                for v, (d, _, _) in rs.commits.items():
+                    if d == digest and v != self.me:
+                        self._saw_tip(v, self.height)
+                self._request_sync(None)
             return
         digest = rs.proposal.digest
         if rs.commit_tally.get(digest, 0) < self.quorum:
@@ -524,15 +540,10 @@ class Core:
             self._next_synced()
             if self.applying is not None:
                 return
-        more = None
         if self._synced:
             self.out.append(Log("sync", {"added": self._synced, "height": self.tip_height}))
             self._synced = 0
-            more, self._sync_more = self._sync_more, None
         self._enter_height(self.tip_height + 1)
-        if more is not None and more[1] > self.tip_height:
-            self._last_sync_req = float("-inf")  # the peer has more: ask right away
-            self._request_sync(more[0])
 
     # ---- round changes ----------------------------------------------------------------
     def _on_timer(self, ev: TimerFired) -> None:
@@ -551,6 +562,9 @@ class Core:
                 self.protocol.on_timer(self, rs)
         elif ev.kind == LAG_TIMER:
             self._request_sync(self._lag_peer)
+        elif ev.kind == SYNC_TIMER and self._sync_wait is not None:
+            self._request_sync(None, urgent=True)  # unanswered: ask the next peer
+            self._arm_sync_timer()
 
     def _on_round_timeout(self, round_: int) -> None:
         self.rc_log.append((round_ + 1, self.now, "timeout"))
@@ -607,15 +621,78 @@ class Core:
             self._maybe_propose_after_rc()
 
     # ---- state transfer ---------------------------------------------------------------
-    def _request_sync(self, peer: NodeId | None) -> None:
-        if self.now - self._last_sync_req < self.config.sync_interval:
+    # Pull, one request in flight (issue 17: pushed batches from every peer, and a
+    # request to all peers every 0.25 s, buried a validator behind a 3 Mbit/s link under
+    # copies of the same blocks). A lagging validator asks ONE peer, the one known to be
+    # furthest ahead (else the next in turn), for blocks from its next height; the answer
+    # is bounded in blocks and bytes; when it says there is more, the next request goes
+    # at once, so a thin link carries each block once, back to back. An unanswered
+    # request is given up after `sync_timeout` and the next peer is asked. A validator
+    # that sees a peer working on a height it committed sends it only a hint (its tip).
+    def _next_needed(self) -> int:
+        return self.tip_height + 1 + len(self._pending_sync) + (self.applying is not None)
+
+    def _saw_tip(self, peer: NodeId, height: int) -> None:
+        if height > self._peer_tips.get(peer, 0):
+            self._peer_tips[peer] = height
+
+    def _sync_target(self) -> NodeId | None:
+        need = self._next_needed()
+        ahead = [(t, v) for v, t in self._peer_tips.items() if t >= need and v != self.me]
+        if ahead:
+            best = max(t for t, _ in ahead)
+            top = [v for t, v in ahead if t == best]
+            self._sync_turn += 1
+            return top[self._sync_turn % len(top)]
+        others = [v for v in self.c.validators if v != self.me]
+        if not others:
+            return None
+        self._sync_turn += 1
+        return others[self._sync_turn % len(others)]
+
+    def _sync_give_up(self) -> float:
+        """Seconds to wait for an answer: 3 smoothed answer times, within
+        [2 * sync_interval, sync_timeout] (1 s before the first answer)."""
+        rtt = self._sync_rtt
+        floor = 2 * self.config.sync_interval
+        guess = 1.0 if rtt is None else 3 * rtt
+        return min(max(guess, floor), self.config.sync_timeout)
+
+    def _request_sync(self, peer: NodeId | None, urgent: bool = False) -> None:
+        now = self.now
+        wait = self._sync_wait
+        if wait is not None:
+            if now - wait[1] < self._sync_give_up() - 1e-9:
+                return  # one request in flight
+            self._peer_tips.pop(wait[0], None)  # it did not answer: do not prefer it
+            self._sync_wait = None
+        if not urgent and now - self._last_sync_req < self.config.sync_interval:
             return
-        self._last_sync_req = self.now
-        req = SyncRequest(self.me, self.tip_height + 1)
+        target = peer if peer is not None and peer != self.me else self._sync_target()
+        if target is None:
+            return
+        self._last_sync_req = now
+        self._sync_wait = (target, now)
+        start = self._next_needed()
+        req = SyncRequest(self.me, start)
         sig = self.c.auth.sign(req)
         if sig:
-            req = SyncRequest(self.me, self.tip_height + 1, sig)
-        self.out.append(RequestSync(peer, req))
+            req = SyncRequest(self.me, start, sig)
+        self.out.append(RequestSync(target, req))
+        self._arm_sync_timer()
+
+    def _arm_sync_timer(self) -> None:
+        """Wake up when the request in flight is due to be given up (one timer)."""
+        wait = self._sync_wait
+        if wait is None:
+            return
+        for key in [k for k in self.timers if k[0] == SYNC_TIMER]:
+            del self.timers[key]
+            self.out.append(CancelTimer(*key))
+        self._sync_seq += 1
+        self.timers[(SYNC_TIMER, self.height, self._sync_seq)] = None
+        left = max(self._sync_give_up() - (self.now - wait[1]), 0.0)
+        self.out.append(StartTimer(SYNC_TIMER, self.height, self._sync_seq, left))
 
     def _lag_check(self, peer: NodeId) -> None:
         """A peer votes one height ahead: our commit votes are usually in flight, so ask
@@ -628,45 +705,53 @@ class Core:
         self.out.append(StartTimer(LAG_TIMER, h, 0, self.config.lag_grace))
 
     def _help(self, peer: NodeId, height: int) -> None:
-        """A peer is still working on a height we committed: send it the blocks."""
-        key = (peer, height)
-        last = self._help_times.get(key)
-        if last is not None and self.now - last < self.config.sync_interval:
+        """A peer is still working on a height we committed: tell it our tip (a hint no
+        bigger than its message; it asks one peer for the blocks)."""
+        if _rate_limited(self._hinted, peer, self.now, self.config.sync_interval):
             return
-        if len(self._help_times) > 10_000:
-            self._help_times.clear()
-        self._help_times[key] = self.now
-        self.out.append(ServeSync(peer, height, self.config.sync_batch))
+        self.out.append(ServeSync(peer, self.tip_height + 1, 0))
 
     def _on_sync_request(self, req: SyncRequest) -> None:
         if req.sender not in self.c.members or not self.c.auth.verify(req):
             self._reject("sync", f"unsigned or unknown sync message from {req.sender!r}")
             return
-        if req.start >= 1:
-            self.out.append(ServeSync(req.sender, req.start, self.config.sync_batch))
+        if req.start < 1 or _rate_limited(self._served, req.sender, self.now,
+                                          self.config.sync_interval / 4):
+            return
+        self.out.append(ServeSync(req.sender, req.start, self.config.sync_batch,
+                                  self.config.sync_bytes))
 
     def _on_sync_response(self, resp: SyncResponse) -> None:
         sender = resp.sender
         if sender not in self.c.members or not self.c.auth.verify(resp):
             self._reject("sync", f"unsigned or unknown sync message from {sender!r}")
             return
-        expected = self.tip_height + 1 + len(self._pending_sync)
-        if self.applying is not None:
-            expected += 1
+        self._saw_tip(sender, resp.tip)
+        wait = self._sync_wait
+        answered = wait is not None and wait[0] == sender
+        if answered:
+            assert wait is not None
+            sample = self.now - wait[1]
+            rtt = self._sync_rtt
+            self._sync_rtt = sample if rtt is None else 0.75 * rtt + 0.25 * sample
+            self._sync_wait = None
+        expected = self._next_needed()
         added = 0
         for block, cert in resp.blocks:
             if block.height < expected:
                 continue  # already ours
             if block.height != expected:
                 self._reject("sync", f"block {block.height} from {sender}: expected {expected}")
-                break
+                self._peer_tips.pop(sender, None)
+                return
             self._pending_sync.append((block, cert, sender))
             expected += 1
             added += 1
-        if added:
-            self._sync_more = (sender, resp.tip)
-            if self.applying is None:
-                self._next_synced()
+        if added and self.applying is None:
+            self._next_synced()
+        if resp.tip >= self._next_needed():
+            # It has more: ask again now (an answer or a hint; one request in flight).
+            self._request_sync(sender, urgent=answered or not added)
 
     def _next_synced(self) -> None:
         while self._pending_sync:
@@ -685,7 +770,7 @@ class Core:
             if problem is not None:
                 self._reject("sync", f"block {h} from {sender}: {problem}")
                 self._pending_sync.clear()
-                self._sync_more = None
+                self._peer_tips.pop(sender, None)
                 return
             fast = all(v.phase == "prepare" for v in cert.votes)
             self._synced += 1
@@ -723,6 +808,17 @@ def _kind(msg: Any) -> str:
 
 def _received_at(v: tuple[NodeId, str, float]) -> float:
     return v[2]
+
+
+def _rate_limited(last: dict[NodeId, float], peer: NodeId, now: float, gap: float) -> bool:
+    """True if `peer` was let through less than `gap` ago; else note it (bounded)."""
+    t = last.get(peer)
+    if t is not None and now - t < gap:
+        return True
+    if len(last) > 10_000:
+        last.clear()
+    last[peer] = now
+    return False
 
 
 _DISPATCH: dict[type, Any] = {

@@ -22,6 +22,7 @@ from nodes.consensus.messages import Certificate, NodeId, SyncRequest, Vote, _Im
 ROUND_TIMER = "round"
 PROTOCOL_TIMER = "protocol"
 LAG_TIMER = "lag"
+SYNC_TIMER = "sync"
 
 
 # ---- events -------------------------------------------------------------------------
@@ -119,11 +120,15 @@ class RequestSync(_Immutable):
 
 @dataclass(frozen=True, slots=True)
 class ServeSync(_Immutable):
-    """Send `to` our committed blocks [start, start + limit) with their certificates."""
+    """Send `to` a `SyncResponse`: our tip and committed blocks [start, start + limit)
+    with their certificates, stopping before `max_bytes` (one block always goes).
+    `limit` 0 is a hint: our tip only, "you are behind, ask"; always sent, as is an
+    answer with no blocks (the asker learns our tip and stops waiting)."""
 
     to: NodeId
     start: int
     limit: int
+    max_bytes: int = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)

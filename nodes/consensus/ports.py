@@ -117,11 +117,17 @@ class CoreConfig(_Immutable):
     reconfig_delay: int = 2
     """A switch ordered in block H takes effect at max(requested, H + this)."""
     sync_interval: float = 0.25
-    """Seconds between two sync requests of ours, and between two answers to one peer
-    for one height (a peer still voting at a height we committed)."""
+    """Seconds between two sync requests of ours (unless the last answer said there is
+    more), and between two hints to one lagging peer."""
+    sync_timeout: float = 4.0
+    """A sync request unanswered this long is given up: ask another peer."""
     lag_grace: float = 0.2
     """Votes one height ahead: wait this long for our own commit before asking."""
-    sync_batch: int = 10
-    """Blocks per sync answer."""
+    sync_batch: int = 50
+    """Blocks per sync answer at most..."""
+    sync_bytes: int = 256 * 1024
+    """...and bytes (the driver stops before a block that would pass this; one block
+    always goes): an answer takes < 1 s on a 3 Mbit/s link, so one request in flight
+    keeps a thin link busy without queueing minutes of blocks on it."""
     log_votes: bool = False
     """Emit a 'vote' Log per counted vote (the validators' telemetry wants them)."""

@@ -194,10 +194,9 @@ class MemoryCluster:
                             self.send(me, dst, e.msg)
                 elif t is ServeSync:
                     rows = tuple(self.chains[me][e.start - 1:e.start - 1 + e.limit])
-                    if rows:
-                        tip, digests = len(self.chains[me]), tuple(b.digest for b, _ in rows)
-                        sig = core.c.auth.sign(SyncResponse(me, (), tip, "", digests))
-                        self.send(me, e.to, SyncResponse(me, rows, tip, sig, digests))
+                    tip, digests = len(self.chains[me]), tuple(b.digest for b, _ in rows)
+                    sig = core.c.auth.sign(SyncResponse(me, (), tip, "", digests))
+                    self.send(me, e.to, SyncResponse(me, rows, tip, sig, digests))
                 elif t is WantBatch:
                     self.at(self.now + BATCH_DELAY, self.fire, me, self.epoch[me],
                             BatchReady(e.height))
