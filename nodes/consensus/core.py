@@ -23,11 +23,20 @@ The rules, all here (quorum and certificates in `quorum`/`values`, protocols in 
   q COMMITs for the proposal of any round commit it. COMMITs without the proposal mean
   it committed elsewhere: ask for the blocks.
 - Locks: q PREPAREs make a prepared certificate (kept for the highest round).
-- Round changes. On a round timeout the validator moves to r + 1 and broadcasts
-  ROUND-CHANGE with its prepared certificate and last PREPARE; on valid ROUND-CHANGEs
-  from f + 1 validators for rounds above its own it moves to the (f+1)-th highest of
-  their rounds (at least one honest validator is there); the proposer of round r > 0
-  proposes once it holds q ROUND-CHANGEs for r.
+- Round changes (the pacemaker; issue 17). A validator *enters* round r > 0 only on a
+  round-change certificate: q valid ROUND-CHANGEs for r (or a proposal for r justified
+  by them). On a round timeout in round r it stops voting in r, broadcasts ROUND-CHANGE
+  for r + 1 (its prepared certificate and last PREPARE) and *waits*, re-sending that
+  ROUND-CHANGE every round timeout until a certificate forms. On valid ROUND-CHANGEs
+  from f + 1 validators for rounds above the one it asked for, it asks for the (f+1)-th
+  highest of them too (at least one honest validator asked for it). A ROUND-CHANGE for a
+  round below ours is answered with ours for that round, if we sent one, and our latest
+  (once per peer and round): a validator that missed a certificate gets it back.
+  Why: with capped timeouts, validators that moved on every timeout drifted apart for
+  good (two at round 51, three at 49, 200 s without a commit:
+  tests/unit/consensus/test_round_sync.py); entering on certificates, every honest
+  validator enters a round within one message delay of the others, after GST.
+  The proposer of round r > 0 proposes once it holds q ROUND-CHANGEs for r.
 - Protocol switch at a height (`schedule`); each height runs one protocol's rules.
 - Out of window (`window`): a message for a past height is a peer lagging (answer with
   blocks, rate-limited per peer and height, unless it is the normal tail of the last
@@ -62,6 +71,7 @@ from nodes.consensus.events import (
     Log,
     PersistVote,
     RequestSync,
+    Send,
     ServeSync,
     Start,
     StartTimer,
@@ -126,6 +136,10 @@ class Core:
         self.last_vote: tuple[int, Any, str, Any] | None = None
         self.sent_votes: dict[tuple[int, str], Any] = {}
         self.rc_log: list[tuple[int, float, str]] = []
+        self.waiting: int | None = None
+        """The round we asked to move to (sent ROUND-CHANGE for) and wait to enter."""
+        self._my_rc: RoundChange | None = None
+        self._echoed: dict[tuple[NodeId, int], float] = {}
         self.timers: dict[tuple[str, int, int], None] = {}
         self.buffer = FutureBuffer(config.window, self.n)
         self.started = False
@@ -222,6 +236,9 @@ class Core:
         self.last_vote = None
         self.sent_votes = {}
         self.rc_log = []
+        self.waiting = None
+        self._my_rc = None
+        self._echoed = {}
         if self._restored:
             for vote, block in self._restored:
                 if vote.height != height:
@@ -248,6 +265,7 @@ class Core:
             del self.timers[old]
             self.out.append(CancelTimer(*old))
         self.round = round_
+        self.waiting = None
         self.timers[(ROUND_TIMER, h, round_)] = None
         self.out.append(StartTimer(ROUND_TIMER, h, round_,
                                    self.config.timeouts.round(round_)))
@@ -381,7 +399,8 @@ class Core:
 
     def _on_proposal(self, p: Proposal, verified: bool) -> None:
         h, r, sender = self.height, p.round, p.sender
-        if r < self.round:
+        w = self.waiting
+        if r < self.round or (w is not None and self.round < r < w):
             if sender == self.c.proposer(h, r):
                 self.out.append(Log("stale_proposal", {"height": h, "round": r}))
             else:
@@ -438,6 +457,8 @@ class Core:
         block = rs.proposal
         digest = block.digest
         r = rs.round
+        if self.waiting is not None and r < self.waiting:
+            return  # we asked to leave this round: no more votes in it
         if self.sent_votes.get((r, phase), digest) != digest:
             return  # never two different votes in one round, even across restarts
         self.sent_votes[(r, phase)] = digest
@@ -567,14 +588,24 @@ class Core:
             self._arm_sync_timer()
 
     def _on_round_timeout(self, round_: int) -> None:
-        self.rc_log.append((round_ + 1, self.now, "timeout"))
-        self.out.append(Log("round_change", {"height": self.height, "round": round_ + 1,
-                                             "reason": "timeout"}))
+        h = self.height
         self._request_sync(None)
-        self._move_to_round(round_ + 1)
+        if self.waiting is None and self.is_validator:
+            self.rc_log.append((round_ + 1, self.now, "timeout"))
+            self.out.append(Log("round_change", {"height": h, "round": round_ + 1,
+                                                 "reason": "timeout"}))
+            self._ask_round(round_ + 1)
+        elif self._my_rc is not None:
+            self.out.append(Broadcast(self._my_rc))  # still no certificate: say it again
+        if self.round == round_ and self.height == h:  # not entered a round meanwhile
+            wanted = self.waiting if self.waiting is not None else round_ + 1
+            self.timers[(ROUND_TIMER, h, round_)] = None
+            self.out.append(StartTimer(ROUND_TIMER, h, round_,
+                                       self.config.timeouts.round(wanted)))
 
-    def _move_to_round(self, round_: int) -> None:
-        self._start_round(round_)
+    def _ask_round(self, round_: int) -> None:
+        """Leave our round for `round_`: stop voting, send ROUND-CHANGE, wait for a
+        certificate (entered at once if we complete one)."""
         if not self.is_validator:
             return
         prepared = voted = None
@@ -588,14 +619,30 @@ class Core:
         sig = self.c.auth.sign(rc)
         if sig:
             rc = RoundChange(self.height, round_, self.me, prepared, voted, sig)
+        self.waiting = round_
+        self._my_rc = rc
         self.out.append(Broadcast(rc))
         self.rcs.setdefault(round_, {})[self.me] = rc
-        self._maybe_propose_after_rc()
+        self._check_certificate(round_)
+
+    def _check_certificate(self, round_: int) -> None:
+        """Enter `round_` if we hold q ROUND-CHANGEs for it and may vote there."""
+        w = self.waiting
+        if round_ <= self.round or (w is not None and round_ < w):
+            return
+        if len(self.rcs.get(round_, ())) < self.quorum:
+            return
+        self.rc_log.append((round_, self.now, "certificate"))
+        self.out.append(Log("round_change", {"height": self.height, "round": round_,
+                                             "reason": "certificate"}))
+        self._start_round(round_)
 
     def _on_round_change(self, rc: RoundChange, verified: bool) -> None:
         r, sender = rc.round, rc.sender
         seen = self.rcs.get(r)
         if seen is not None and sender in seen:
+            if seen[sender] == rc:  # the same (verified) one again: it is still waiting
+                self._echo(sender, r)
             return
         if not verified:
             try:
@@ -604,21 +651,43 @@ class Core:
                 self._reject("rc", f"from {sender}: {exc}")
                 return
         self.rcs.setdefault(r, {})[sender] = rc
+        floor = self.waiting if self.waiting is not None else self.round
         if r > self.round:
-            # f+1 validators ahead of us: at least one honest one timed out, follow it.
+            self._check_certificate(r)
+        if self.height != rc.height or self.applying is not None:
+            return
+        if r > floor and self.is_validator:
+            # f+1 validators asked for rounds above ours: at least one honest one timed
+            # out there; ask for the (f+1)-th highest too.
             highest: dict[NodeId, int] = {}
             for rr, by in self.rcs.items():
-                if rr > self.round:
+                if rr > floor:
                     for v in by:
                         if rr > highest.get(v, -1):
                             highest[v] = rr
             ahead = sorted(highest.values(), reverse=True)
-            if len(ahead) >= self.f + 1:
+            if len(ahead) >= self.f + 1 and ahead[self.f] > floor:
                 target = ahead[self.f]
                 self.rc_log.append((target, self.now, "f+1 round changes"))
-                self._move_to_round(target)
-        elif r == self.round:
+                self._ask_round(target)
+        else:
+            self._echo(sender, r)
+        if r == self.round and self.waiting is None:
             self._maybe_propose_after_rc()
+
+    def _echo(self, peer: NodeId, r: int) -> None:
+        """`peer` asks for round r, below ours: send it our ROUND-CHANGE for r (if we sent
+        one) and our latest, at most once per base timeout per peer and round: what it
+        missed of a certificate."""
+        floor = self.waiting if self.waiting is not None else self.round
+        if r >= floor or _rate_limited(self._echoed, (peer, r), self.now,
+                                       self.config.timeouts.base):
+            return
+        mine = self.rcs.get(r, {}).get(self.me)
+        if mine is not None and mine is not self._my_rc:
+            self.out.append(Send(peer, mine))
+        if self._my_rc is not None:
+            self.out.append(Send(peer, self._my_rc))
 
     # ---- state transfer ---------------------------------------------------------------
     # Pull, one request in flight (issue 17: pushed batches from every peer, and a
@@ -810,7 +879,7 @@ def _received_at(v: tuple[NodeId, str, float]) -> float:
     return v[2]
 
 
-def _rate_limited(last: dict[NodeId, float], peer: NodeId, now: float, gap: float) -> bool:
+def _rate_limited(last: dict[Any, float], peer: Any, now: float, gap: float) -> bool:
     """True if `peer` was let through less than `gap` ago; else note it (bounded)."""
     t = last.get(peer)
     if t is not None and now - t < gap:

@@ -180,10 +180,14 @@ def test_the_next_height_starts_only_when_the_commit_is_applied() -> None:
 def test_f_plus_one_round_changes_ahead_pull_a_validator_forward() -> None:
     c = make_core(0)
     c.handle(RoundChange(1, 5, 1, None, None), 1.0)
-    assert c.round == 0  # one could be faulty
+    assert c.round == 0 and c.waiting is None  # one could be faulty
     out = c.handle(RoundChange(1, 3, 2, None, None), 1.1)
-    assert c.round == 3  # the (f+1)-th highest of the rounds ahead
+    # It asks for the (f+1)-th highest of the rounds ahead, and stops voting in round 0...
+    assert c.waiting == 3 and c.round == 0
     assert [e.msg.round for e in of(out, Broadcast)] == [3]
+    # ...but enters round 3 only on a quorum of round changes for it.
+    c.handle(RoundChange(1, 3, 3, None, None), 1.2)
+    assert c.round == 3 and c.waiting is None
 
 
 def test_a_round_r_proposal_needs_a_justifying_quorum() -> None:

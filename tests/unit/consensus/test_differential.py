@@ -23,12 +23,12 @@ PLANS = {
     "pbft": FaultPlan(13, protocol="pbft", gst=3.0, drop=0.05, slow=0.05,
                       partition=(0.2, 0.8, frozenset({3})), crash=(1, 2.9, 3.6)),
     "bigfoot": FaultPlan(11, protocol="bigfoot", gst=3.0, drop=0.05, slow=0.05,
-                         partition=(0.2, 0.8, frozenset({0})), crash=(2, 1.0, 2.2)),
+                         partition=(0.2, 0.8, frozenset({0})), crash=(2, 3.2, 3.9)),
     "pbft_to_bigfoot": FaultPlan(13, protocol="pbft", gst=2.5, drop=0.05, slow=0.1,
                                  crash=(3, 1.0, 2.0), switch_at=3),
     "bigfoot_to_pbft": FaultPlan(14, protocol="bigfoot", gst=2.5, drop=0.05, slow=0.1,
                                  partition=(0.2, 1.2, frozenset({1, 2})), switch_at=4),
-    "crashed_for_good": FaultPlan(15, protocol="bigfoot", gst=2.0, drop=0.1,
+    "crashed_for_good": FaultPlan(15, protocol="bigfoot", duration=9.0, gst=2.0, drop=0.1,
                                   crash=(0, 0.5, None)),
     "n7": FaultPlan(16, n=7, protocol="pbft", gst=2.5, drop=0.1, slow=0.1,
                     partition=(0.3, 1.5, frozenset({4, 5})), crash=(6, 0.6, 1.8),
@@ -119,7 +119,7 @@ class SlowTimerNode(SimNode):
 
 
 def test_a_rule_in_one_driver_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = PLANS["bigfoot"]  # its round changes go past round 1, where the rules differ
+    plan = PLANS["pbft_to_bigfoot"]  # its round changes go past round 1, where rules differ
     ref = drivers.run_memory(plan)
     monkeypatch.setattr(drivers, "SimNode", SlowTimerNode)
     diff = differences(ref, drivers.run_twin(plan))
