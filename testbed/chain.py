@@ -107,6 +107,22 @@ def ledger_check(folder: Path) -> dict[str, Any]:
             "gaps": {k: v for k, v in gaps.items() if v}}
 
 
+def committed_tx_ids(folder: Path) -> set[str]:
+    """Transaction ids in the longest validator ledger of the run (read-only)."""
+    import sqlite3
+
+    best: list[str] = []
+    for db in sorted((folder / "data").glob("*/ledger.sqlite")):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = [r[0] for r in con.execute("SELECT block FROM blocks ORDER BY height")]
+        finally:
+            con.close()
+        if len(rows) > len(best):
+            best = rows
+    return {tx["id"] for raw in best for tx in json.loads(raw).get("txs", [])}
+
+
 def blocks(folder: Path, validator: str = "v0") -> list[dict[str, Any]]:
     """Committed blocks as one validator saw them: height, protocol, time, tx count."""
     path = folder / "telemetry" / f"{validator}.jsonl"

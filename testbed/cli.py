@@ -22,6 +22,16 @@ def print_health(man: dict[str, object]) -> str:
     none to judge, as simulations)."""
     health = man.get("health")
     print(f"status: {man.get('status')}")
+    chain = man.get("chain")
+    live = chain.get("liveness") if isinstance(chain, dict) else None
+    if isinstance(live, dict) and live.get("stalls"):
+        print(f"WARNING: the chain STALLED (no block for > {live['stall_threshold_s']:g} s "
+              "while transactions waited):", file=sys.stderr)
+        for st in live["stalls"]:
+            why = (" (expected: more than f validators were down)" if st.get("expected")
+                   else "")
+            print(f"  stalled: {st['from_s']:.1f}-{st['to_s']:.1f} s ({st['length_s']:.1f} s)"
+                  f"{why}", file=sys.stderr)
     if not isinstance(health, dict) or health.get("status") == "ok":
         return "ok"
     status = str(health.get("status"))

@@ -20,9 +20,11 @@ from testbed.experiment_schema import (
     HostState,
     Iperf3Client,
     LinkState,
+    Partition,
     Ping,
     SetLink,
     SlimClient,
+    Slow,
     SwitchProtocol,
 )
 from testbed.topology_schema import Topology
@@ -206,8 +208,15 @@ def check_against_topology(exp: Experiment, topo: Topology, source: str) -> None
     for i, ev in enumerate(exp.timeline):
         if isinstance(ev, SetLink | LinkState) and ev.link not in links:
             problems.append(f"timeline[{i}].link: no such link {ev.link!r}; known: {sorted(links)}")
-        if isinstance(ev, HostState) and ev.host not in hosts:
+        if isinstance(ev, HostState | Slow) and ev.host not in hosts:
             problems.append(f"timeline[{i}].host: unknown host {ev.host!r}")
+        if isinstance(ev, Slow) and not any(ev.host in link.ends for link in topo.links):
+            problems.append(f"timeline[{i}].host: {ev.host!r} has no link to slow down")
+        if isinstance(ev, Partition):
+            for g, group in enumerate(ev.groups):
+                for h in group:
+                    if h not in hosts:
+                        problems.append(f"timeline[{i}].groups[{g}]: unknown host {h!r}")
     if exp.chain is not None:
         for i, host in enumerate(exp.chain.validators):
             if host not in hosts:

@@ -200,7 +200,53 @@ class SwitchProtocol(EventBase):
     """Activation height; default as soon as the chain agrees (nodes' reconfig_delay)."""
 
 
-Event = Annotated[SetLink | LinkState | HostState | ProcessControl | SwitchProtocol,
+class ValidatorFault(EventBase):
+    """`crash`: SIGKILL the validator on `host` (no goodbye, nothing flushed that was not
+    already). `restart`: start it again on its own ledger and keys."""
+
+    action: Literal["crash", "restart"]
+    host: str
+
+
+class Slow(EventBase, Shaping):
+    """Reshape every link of `host` in one go (e.g. {bw: 3mbit, delay: 150ms})."""
+
+    action: Literal["slow"]
+    host: str
+
+
+class Partition(EventBase):
+    """Split the network: hosts in different groups stop hearing each other (packets
+    dropped both ways, as a cut cable); hosts in no group still reach everyone. Until
+    `heal` (one partition at a time)."""
+
+    action: Literal["partition"]
+    groups: list[list[str]] = Field(min_length=2)
+
+    @field_validator("groups")
+    @classmethod
+    def _disjoint(cls, v: list[list[str]]) -> list[list[str]]:
+        seen: set[str] = set()
+        for g in v:
+            if not g:
+                raise ValueError("a partition group is empty")
+            dup = seen & set(g)
+            if dup:
+                raise ValueError(f"hosts {sorted(dup)} are in two partition groups")
+            seen |= set(g)
+        return v
+
+
+class Heal(EventBase):
+    """End the partition: every host hears every other again."""
+
+    action: Literal["heal"]
+
+
+FAULT_EVENTS = (ValidatorFault, Slow, Partition, Heal)
+
+Event = Annotated[SetLink | LinkState | HostState | ProcessControl | SwitchProtocol
+                  | ValidatorFault | Slow | Partition | Heal,
                   Field(discriminator="action")]
 
 
@@ -255,6 +301,28 @@ class Experiment(Strict):
 
         return {host: dict(sysctls.check(dict(kv), f"sysctls.{host}")) for host, kv in v.items()}
 
+    def _check_fault_order(self) -> None:
+        """crash before restart per validator; partition and heal alternate."""
+        down: set[str] = set()
+        split = False
+        for i, ev in sorted(enumerate(self.timeline), key=lambda x: (x[1].at, x[0])):
+            if isinstance(ev, ValidatorFault):
+                if ev.action == "crash" and ev.host in down:
+                    raise ValueError(f"timeline[{i}]: {ev.host} is crashed already")
+                if ev.action == "restart" and ev.host not in down:
+                    raise ValueError(f"timeline[{i}]: restart of {ev.host}, which was not "
+                                     "crashed before")
+                (down.add if ev.action == "crash" else down.discard)(ev.host)
+            elif isinstance(ev, Partition):
+                if split:
+                    raise ValueError(f"timeline[{i}]: a partition is in place already "
+                                     "(heal it first)")
+                split = True
+            elif isinstance(ev, Heal):
+                if not split:
+                    raise ValueError(f"timeline[{i}]: heal without a partition before it")
+                split = False
+
     @model_validator(mode="after")
     def _mode_fields(self) -> Experiment:
         if self.mode == "emulation" and self.topology is None:
@@ -274,6 +342,11 @@ class Experiment(Strict):
                 raise ValueError(f"timeline[{i}]: unknown process {ev.process!r}")
             if isinstance(ev, SwitchProtocol) and self.chain is None:
                 raise ValueError(f"timeline[{i}]: switch_protocol needs a 'chain' section")
+            if isinstance(ev, ValidatorFault) and (
+                    self.chain is None or ev.host not in self.chain.validators):
+                raise ValueError(f"timeline[{i}]: {ev.action} names {ev.host!r}, which runs "
+                                 "no validator (chain.validators)")
+        self._check_fault_order()
         for i, p in enumerate(self.processes):
             if isinstance(p, ChainClient) and self.chain is None:
                 raise ValueError(f"processes[{i}]: chain_client needs a 'chain' section")

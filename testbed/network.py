@@ -101,6 +101,8 @@ class Network:
     """Which CPUs run the delay line and which take the packets' receive processing."""
     _queued: list[Direction] = field(default_factory=list)
     """Directions whose NFQUEUE rule is installed (removed again in stop())."""
+    _partition: list[Cmd] = field(default_factory=list)
+    """The partition's DROP rules (as installed; heal() and stop() delete them)."""
 
     def __post_init__(self) -> None:
         self.plan = make_plan(self.topo)
@@ -286,6 +288,34 @@ class Network:
         if up:
             self._restore_routes((host,))
 
+    def partition(self, groups: list[list[str]]) -> list[str]:
+        """Hosts in different groups stop hearing each other: in each host's namespace,
+        iptables drops what it sends to and receives from the other groups' addresses
+        (silently, as a cut cable: TCP sees no reset). Returns the rules installed."""
+        if self._partition:
+            raise EmulationError("a partition is in place already; heal it first")
+        for i, group in enumerate(groups):
+            others = [ip for j, g in enumerate(groups) if j != i for h in g
+                      for ip in self.plan.host_ips.get(h, [])]
+            for host in group:
+                for ip in others:
+                    for rule in (("OUTPUT", "-d", ip), ("INPUT", "-s", ip)):
+                        cmd = Cmd(host, ("iptables", "-w", "-I", rule[0], rule[1], rule[2],
+                                         "-j", "DROP"))
+                        self.run(cmd)
+                        self._partition.append(cmd)
+        return [c.shell() for c in self._partition]
+
+    def heal(self) -> int:
+        """Remove the partition's rules; returns how many."""
+        n = 0
+        while self._partition:
+            cmd = self._partition.pop()
+            argv = tuple("-D" if a == "-I" else a for a in cmd.argv)
+            self.run(Cmd(cmd.node, argv), check=False)
+            n += 1
+        return n
+
     def _restore_routes(self, nodes: tuple[str, ...] | list[str]) -> None:
         """Routes through an interface vanish when it goes down; put them back."""
         for name in nodes:
@@ -313,6 +343,10 @@ class Network:
         the delay-line process releases what it holds and exits; then qdiscs, Mininet.
         """
         if self.net is not None:
+            try:
+                self.heal()
+            except Exception as exc:  # noqa: BLE001 - teardown must go on
+                log.warning("removing the partition's rules: %s", exc)
             for d in reversed(self._queued):
                 try:
                     self.run(shaping.delay_line_rule(d, "-D"), check=False)

@@ -105,8 +105,15 @@ def chain_latency_figure(run_dir: Path, manifest: dict[str, Any]) -> Path | None
             ax.annotate(f"switch -> {ev['protocol']} sent", (ev["actual_s"], 0), xytext=(-3, 60),
                         textcoords="offset points", fontsize=7, rotation=90, ha="right",
                         color="tab:red")
-        elif ev.get("action") in ("host_down", "host_up", "link_down", "link_up", "set_link"):
+        elif ev.get("action") in ("host_down", "host_up", "link_down", "link_up", "set_link",
+                                  "crash", "restart", "partition", "heal", "slow"):
             ax.axvline(ev["actual_s"], color="0.5", ls=":", lw=0.8)
+            ax.annotate(ev["action"], (ev["actual_s"], 0), xytext=(2, 100),
+                        textcoords="offset points", fontsize=6, rotation=90, color="0.4")
+    stalled = (manifest.get("chain") or {}).get("liveness", {}).get("stalls", [])
+    for i, st in enumerate(stalled):
+        ax.axvspan(st["from_s"], st["to_s"], color="tab:red", alpha=0.12, lw=0,
+                   label="stalled (no block, tx waiting)" if i == 0 else None)
     mark_unreliable(ax, manifest)
     ax.set_xlabel("transaction submit time (s)")
     ax.set_ylabel("commit latency (ms)")

@@ -23,6 +23,7 @@ from testbed import (
     analysis,
     capabilities,
     cc_compare,
+    faults,
     health,
     jobs,
     manifest,
@@ -35,6 +36,7 @@ from testbed import chain as chain_mod
 from testbed.config import PROJECT_ROOT, LoadedExperiment
 from testbed.errors import EmulationError
 from testbed.experiment_schema import (
+    FAULT_EVENTS,
     HostState,
     Iperf3Client,
     LinkState,
@@ -118,7 +120,10 @@ def run(loaded: LoadedExperiment, results: Path = DEFAULT_RESULTS,
             _run_emulation(loaded, run_dir, man, show_progress)
         # the data are kept either way; the status says whether to trust them
         unreliable = man.get("health", {}).get("status") == "unreliable"
-        man["status"] = "unreliable" if unreliable else "ok"
+        stalled = [st for st in (man.get("chain") or {}).get("liveness", {}).get("stalls", [])
+                   if not st.get("expected")]
+        # degraded: the chain stopped while transactions waited (listed in the manifest)
+        man["status"] = "degraded" if stalled else "unreliable" if unreliable else "ok"
     except KeyboardInterrupt as exc:
         man["status"] = "interrupted"
         man["error"] = f"interrupted ({exc or 'SIGINT'})"
@@ -184,6 +189,7 @@ def _run_emulation(loaded: LoadedExperiment, run_dir: Path, man: dict[str, Any],
     man["shaping_backend"] = backend
     timeline_delay_links = {ev.link for ev in exp.timeline
                             if isinstance(ev, SetLink) and ev.needs_delay_line}
+    timeline_delay_links |= faults.delay_line_links(exp.timeline, topo)
     net = Network(topo, backend, run_dir, exp.seed, timeline_delay_links)
     man["addressing"] = {"host_ips": net.plan.host_ips, "routes": net.plan.routes}
     man["shaping"] = [{"direction": d.key, "egress_intf": d.src_intf,
@@ -350,6 +356,8 @@ def _do_event(ev: Any, net: Network, running: dict[str, processes.Running],
     elif isinstance(ev, HostState):
         rec["host"] = ev.host
         net.set_host_state(ev.host, ev.action == "host_up")
+    elif isinstance(ev, FAULT_EVENTS):
+        rec.update(faults.apply(ev, net, role_list or []))
     log.info("t=%.2f %s", now, rec)
     return rec
 

@@ -1,6 +1,8 @@
 """The chain's validators as a role: one `nodes` validator per listed host, on keys and
 a genesis written for the run; ready once every one listens; supervised (a validator
-that exits fails the run); stopped with SIGTERM. The manifest keeps `chain` (folder,
+that exits fails the run, unless the timeline crashed it); stopped with SIGTERM. The
+timeline's `crash` SIGKILLs one, `restart` starts it again on its own ledger (its logs
+go to node-v<i>.restart<k>.log). The manifest keeps `chain` (folder,
 addresses, the validators' processes); the analysis checks the ledgers and writes the
 latency and block tables and figure from the run folder only."""
 
@@ -26,6 +28,8 @@ class ValidatorsRole:
         self.experiment, self.run_dir = experiment, run_dir
         self.runtime: chain_mod.ChainRuntime | None = None
         self.running: dict[str, processes.Running] = {}
+        self.earlier: list[processes.Running] = []
+        """Incarnations ended by a `crash` (the manifest lists them too)."""
         self.net: Any = None
 
     def start(self, net: Any) -> None:
@@ -49,6 +53,40 @@ class ValidatorsRole:
                 raise EmulationError(f"validator v{i} on {host} did not start listening on "
                                      f"port {port}: {err.strip()}")
 
+    def _index(self, host: str) -> int:
+        assert self.runtime is not None
+        try:
+            return self.runtime.spec.validators.index(host)
+        except ValueError:
+            raise EmulationError(f"{host} runs no validator") from None
+
+    def crash(self, host: str) -> int:
+        """SIGKILL the validator on `host` (as a power cut: no goodbye); its pid."""
+        r = self.running[f"node-v{self._index(host)}"]
+        if r.proc.poll() is not None:
+            raise EmulationError(f"crash {host}: its validator is not running")
+        r.stopped_by_us = True
+        r.proc.send_signal(signal.SIGKILL)
+        r.proc.wait(timeout=10)
+        return r.proc.pid
+
+    def restart(self, host: str) -> int:
+        """Start the validator on `host` again, on its own ledger; its new pid."""
+        assert self.runtime is not None
+        i = self._index(host)
+        name = f"node-v{i}"
+        old = self.running[name]
+        if old.proc.poll() is None:
+            raise EmulationError(f"restart {host}: its validator is still running")
+        self.earlier.append(old)
+        k = sum(1 for r in self.earlier if r.spec.name.startswith(name))
+        argv = self.runtime.node_argv(i)
+        spec = Command(name=f"{name}.restart{k}", kind="command", host=host,
+                       command=shlex.join(argv), required=True)
+        self.running[name] = processes.start(self.net.node(host), spec, argv,
+                                             self.run_dir / "logs", 0.0)
+        return self.running[name].proc.pid
+
     def check(self) -> None:
         """Raise ProcessFailed if a validator failed while the run goes on."""
         processes.check_exits(self.running)
@@ -65,7 +103,7 @@ class ValidatorsRole:
         if self.runtime is None:
             return {}
         return {"folder": "chain", "addresses": self.runtime.addresses,
-                "processes": [r.summary() for r in self.running.values()]}
+                "processes": [r.summary() for r in [*self.earlier, *self.running.values()]]}
 
 
 def build(topology: Topology, experiment: Experiment, run_dir: Path) -> list[ValidatorsRole]:
@@ -77,9 +115,13 @@ def analyse(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     per-block tables and the latency figure."""
     if not manifest.get("chain"):
         return []
-    from testbed import plots
+    from nodes.config import load_genesis
+    from testbed import liveness, plots
 
     manifest["chain"]["ledger_check"] = chain_mod.ledger_check(run_dir / "chain")
     made = [run_dir / name for name in chain_mod.write_tables(run_dir, manifest)]
+    timing = load_genesis(run_dir / "chain" / "genesis.yaml").timing
+    manifest["chain"]["liveness"] = liveness.report(
+        run_dir, manifest, timing.round_timeout, timing.round_backoff, timing.max_round_timeout)
     fig = plots.chain_latency_figure(run_dir, manifest)
     return made + ([fig] if fig is not None else [])

@@ -4,8 +4,9 @@ A plan decides each message's fate from the message itself (kind, height, round,
 sender, digest), its link and how often that same message went over that link before,
 plus the send time; never from the order in which a driver happens to send. Before GST
 messages may be lost, take longer than a round timeout, or be cut by a partition; after
-GST every message arrives within 50 ms. One validator may crash and restart from what
-it persisted. Every driver fed the same plan must commit the same chains.
+GST every message arrives within 50 ms, except to and from a validator behind a thin
+link (up to 0.4 s more, all run long). One validator may crash and restart from what it
+persisted. Every driver fed the same plan must commit the same chains.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class FaultPlan:
     """(validator, down at, restarted at or None: faulty to the end)."""
     switch_at: int | None = None
     """The block at this height orders a switch to the other protocol."""
+    thin: int | None = None
+    """A validator behind a slow link for the whole run, GST or not: its messages, both
+    ways, take `thin_delay` more (it is correct: it must keep committing)."""
+    thin_delay: float = 0.3
     _sent: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -71,10 +76,14 @@ class FaultPlan:
             t0 = rng.uniform(0.0, gst)
             up = rng.uniform(t0, gst) if rng.random() < 0.7 else None
             crash = (rng.randrange(n), t0, up)
-        return cls(seed, n, protocol or rng.choice(["pbft", "bigfoot"]), duration, gst,
+        plan = cls(seed, n, protocol or rng.choice(["pbft", "bigfoot"]), duration, gst,
                    drop=rng.choice([0.0, 0.05, 0.2]), slow=rng.choice([0.0, 0.05, 0.15]),
                    partition=partition, crash=crash,
                    switch_at=rng.choice([None, None, rng.randint(2, 6)]))
+        if rng.random() < 0.3:  # drawn last: the other draws stay what they were
+            plan.thin = rng.randrange(n)
+            plan.thin_delay = rng.uniform(0.1, 0.4)
+        return plan
 
     def other_protocol(self) -> str:
         return "bigfoot" if self.protocol == "pbft" else "pbft"
@@ -100,4 +109,5 @@ class FaultPlan:
                 return None
             if u2 < self.slow:
                 return 0.3 + 1.2 * u3
-        return 0.001 + 0.049 * u3
+        extra = self.thin_delay if self.thin is not None and self.thin in (src, dst) else 0.0
+        return 0.001 + 0.049 * u3 + extra
