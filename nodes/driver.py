@@ -69,6 +69,16 @@ class PeerSender(Protocol):
 
     def broadcast(self, msg: dict[str, Any]) -> None: ...
 
+    def pending(self, peer: str) -> int:
+        """Bytes queued for `peer` and not yet handed to its socket."""
+        ...
+
+
+SERVE_BACKLOG = 64 * 1024
+"""A sync request is not served while this much is already queued for the asker: our
+link to it is the bottleneck, the answer would wait behind it and add to the queue; it
+gives up and asks a faster peer."""
+
 
 def core_config(timing: Any, log_votes: bool = True) -> CoreConfig:
     """The core's settings from a genesis `Timing`."""
@@ -233,6 +243,10 @@ class AsyncDriver:
             raise
 
     def _serve(self, peer: str, start: int, limit: int, max_bytes: int) -> None:
+        if limit > 0 and self.transport.pending(peer) > SERVE_BACKLOG:
+            self.hooks.log("dropped", {"reason": "sync answer: link to asker busy",
+                                       "from": peer})
+            return
         rows = self.ledger.get_raw(start, limit, max_bytes) if limit > 0 else []
         tip = self.ledger.durable_height
         digests = tuple(str(b["hash"]) for b, _ in rows)

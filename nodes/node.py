@@ -40,6 +40,8 @@ from nodes.wire import CONSENSUS_KINDS, SYNC_KINDS, cert_from_wire, cert_to_wire
 log = logging.getLogger(__name__)
 
 COUNTED = {"stale_proposal": "stale_proposals", "reproposal": "reproposals"}
+TRAFFIC_PERIOD = 2.0
+"""Seconds between two telemetry records of bytes sent and received by message type."""
 """Core logs that only bump a counter (the rest also go to telemetry)."""
 
 
@@ -85,6 +87,7 @@ class Node:
         self._subscribers: dict[str, set[Connection]] = {}
         self._content = asyncio.Event()
         self._batch_task: asyncio.Task[None] | None = None
+        self._traffic_task: asyncio.Task[None] | None = None
         self.last_commit_at = 0.0
         self._record: BlockSensorRecord | None = None
         config = core_config(genesis.timing)
@@ -143,8 +146,23 @@ class Node:
         self.telemetry.start()
         self.telemetry.event("start", height=self.ledger.height, listen=list(self.listen))
         self.driver.start()
+        self._traffic_task = asyncio.get_running_loop().create_task(self._traffic())
+
+    async def _traffic(self, every: float = TRAFFIC_PERIOD) -> None:
+        """Every `every` s, the bytes sent and received by message type since the last
+        record (telemetry 'traffic'): what a thin link was busy with."""
+        last: Counter[tuple[str, str]] = Counter()
+        while True:
+            await asyncio.sleep(every)
+            now = Counter(self.transport.traffic)
+            delta = {f"{d}:{t}": n for (d, t), n in (now - last).items()}
+            last = now
+            if delta:
+                self.telemetry.event("traffic", period_s=every, bytes=delta)
 
     async def stop(self) -> None:
+        if self._traffic_task is not None:
+            self._traffic_task.cancel()
         self.driver.stop()
         await self.driver.drain()
         if self._batch_task:

@@ -28,7 +28,7 @@ import logging
 import socket
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,6 +57,12 @@ def encode(msg: dict[str, Any]) -> bytes:
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     """Next message, or None at a clean end of stream."""
+    got = await read_sized_frame(reader)
+    return None if got is None else got[0]
+
+
+async def read_sized_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], int] | None:
+    """Next message and its size on the wire, or None at a clean end of stream."""
     try:
         head = await reader.readexactly(4)
     except asyncio.IncompleteReadError:
@@ -71,7 +77,7 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         raise FrameError(f"frame is not JSON: {exc}") from exc
     if not isinstance(msg, dict):
         raise FrameError("frame is not a JSON object")
-    return msg
+    return msg, size + 4
 
 
 class Connection:
@@ -180,6 +186,8 @@ class Transport:
                       for pid, (h, p) in peers.items() if pid != node_id}
         self.frame_errors = 0
         self.dropped = 0
+        self.traffic: Counter[tuple[str, str]] = Counter()
+        """Bytes by ("in"|"out", message type): what a node's links carry."""
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._closing = False
@@ -219,6 +227,7 @@ class Transport:
         if link is None:
             return
         data = frame if frame is not None else encode(msg)
+        self.traffic[("out", str(msg.get("t")))] += len(data)
         d = self.delay(self.node_id, peer, msg) if self.delay else None
         if d is None:
             self._enqueue(link, data)
@@ -233,6 +242,11 @@ class Transport:
     def _enqueue(self, link: _PeerLink, data: bytes) -> None:
         if not self._closing:
             link.queue.put(data)
+
+    def pending(self, peer: str) -> int:
+        """Bytes queued for `peer`, not yet handed to its socket."""
+        link = self.links.get(peer)
+        return link.queue.bytes if link is not None else 0
 
     def queue_stats(self) -> dict[str, dict[str, int]]:
         """Per peer: frames and bytes waiting, frames dropped (full, stale), dials."""
@@ -273,13 +287,15 @@ class Transport:
         try:
             while True:
                 try:
-                    msg = await read_frame(reader)
+                    got = await read_sized_frame(reader)
                 except FrameError as exc:
                     self.frame_errors += 1
                     log.warning("%s: dropping connection: %s", self.node_id, exc)
                     break
-                if msg is None:
+                if got is None:
                     break
+                msg = got[0]
+                self.traffic[("in", str(msg.get("t")))] += got[1]
                 result = self.handler(msg, conn)
                 if result is not None:
                     await result

@@ -36,6 +36,8 @@ The rules, all here (quorum and certificates in `quorum`/`values`, protocols in 
   good (two at round 51, three at 49, 200 s without a commit:
   tests/unit/consensus/test_round_sync.py); entering on certificates, every honest
   validator enters a round within one message delay of the others, after GST.
+  A validator that knows its height is decided elsewhere (a verified message for a later
+  height, a sync answer) sends no ROUND-CHANGE on a timeout: it asks for the blocks.
   The proposer of round r > 0 proposes once it holds q ROUND-CHANGEs for r.
 - Protocol switch at a height (`schedule`); each height runs one protocol's rules.
 - Out of window (`window`): a message for a past height is a peer lagging (answer with
@@ -152,6 +154,8 @@ class Core:
         """The one sync request in flight: (asked peer, sent at)."""
         self._sync_rtt: float | None = None
         """Smoothed time from a sync request to its answer (sets the give-up time)."""
+        self._peer_rtt: dict[NodeId, float] = {}
+        """The same per peer: the fastest peer that has the blocks is asked."""
         self._sync_seq = 0
         self._peer_tips: dict[NodeId, int] = {}
         """Heights peers are known to have committed (signed answers and votes)."""
@@ -590,6 +594,15 @@ class Core:
     def _on_round_timeout(self, round_: int) -> None:
         h = self.height
         self._request_sync(None)
+        if any(t >= h for t in self._peer_tips.values()):
+            # This height is decided elsewhere (a verified message or answer from a later
+            # one): the blocks come by sync; a ROUND-CHANGE (it carries our locked block)
+            # would only load our link. (Issue 17: a validator behind a 3 Mbit/s link
+            # re-sent 120 KB round changes to six peers and buried its own uplink.)
+            self.timers[(ROUND_TIMER, h, round_)] = None
+            self.out.append(StartTimer(ROUND_TIMER, h, round_,
+                                       self.config.timeouts.round(round_ + 1)))
+            return
         if self.waiting is None and self.is_validator:
             self.rc_log.append((round_ + 1, self.now, "timeout"))
             self.out.append(Log("round_change", {"height": h, "round": round_ + 1,
@@ -705,14 +718,21 @@ class Core:
         if height > self._peer_tips.get(peer, 0):
             self._peer_tips[peer] = height
 
-    def _sync_target(self) -> NodeId | None:
+    def _sync_target(self, hint: NodeId | None) -> NodeId | None:
+        """The peer to ask: of those known to have our next block (and `hint`, a peer that
+        just showed it is ahead), the one that answered fastest; a peer never asked counts
+        as average. Else the next validator in turn. (Issue 17: a healed validator kept
+        asking the one behind a 3 Mbit/s link, whose answers then filled that link.)"""
         need = self._next_needed()
-        ahead = [(t, v) for v, t in self._peer_tips.items() if t >= need and v != self.me]
+        ahead = {v for v, t in self._peer_tips.items() if t >= need and v != self.me}
+        if hint is not None and hint != self.me:
+            ahead.add(hint)
         if ahead:
-            best = max(t for t, _ in ahead)
-            top = [v for t, v in ahead if t == best]
+            avg = self._sync_rtt or 0.0
             self._sync_turn += 1
-            return top[self._sync_turn % len(top)]
+            n, turn, index = self.n, self._sync_turn, self.c.validators.index
+            return min(ahead, key=lambda v: (self._peer_rtt.get(v, avg), v != hint,
+                                             (index(v) - turn) % n))
         others = [v for v in self.c.validators if v != self.me]
         if not others:
             return None
@@ -733,11 +753,12 @@ class Core:
         if wait is not None:
             if now - wait[1] < self._sync_give_up() - 1e-9:
                 return  # one request in flight
-            self._peer_tips.pop(wait[0], None)  # it did not answer: do not prefer it
+            # It did not answer in time: count it as that slow, ask someone else.
+            self._peer_rtt[wait[0]] = max(self._peer_rtt.get(wait[0], 0.0), now - wait[1])
             self._sync_wait = None
         if not urgent and now - self._last_sync_req < self.config.sync_interval:
             return
-        target = peer if peer is not None and peer != self.me else self._sync_target()
+        target = self._sync_target(peer)
         if target is None:
             return
         self._last_sync_req = now
@@ -803,6 +824,8 @@ class Core:
             sample = self.now - wait[1]
             rtt = self._sync_rtt
             self._sync_rtt = sample if rtt is None else 0.75 * rtt + 0.25 * sample
+            mine = self._peer_rtt.get(sender)
+            self._peer_rtt[sender] = sample if mine is None else 0.5 * mine + 0.5 * sample
             self._sync_wait = None
         expected = self._next_needed()
         added = 0

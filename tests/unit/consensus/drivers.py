@@ -200,6 +200,9 @@ class _Wire:
             if peer != self.me:
                 self.send(peer, msg)
 
+    def pending(self, peer: str) -> int:
+        return 0  # the plan's delays model the links; nothing queues here
+
 
 class AsyncRun:
     def __init__(self, plan: FaultPlan, folder: Path, ed25519: bool,

@@ -28,7 +28,7 @@ PLANS = {
                                  crash=(3, 1.0, 2.0), switch_at=3),
     "bigfoot_to_pbft": FaultPlan(14, protocol="bigfoot", gst=2.5, drop=0.05, slow=0.1,
                                  partition=(0.2, 1.2, frozenset({1, 2})), switch_at=4),
-    "crashed_for_good": FaultPlan(15, protocol="bigfoot", duration=9.0, gst=2.0, drop=0.1,
+    "crashed_for_good": FaultPlan(15, protocol="bigfoot", duration=10.0, gst=2.0, drop=0.1,
                                   crash=(0, 0.5, None)),
     "n7": FaultPlan(16, n=7, protocol="pbft", gst=2.5, drop=0.1, slow=0.1,
                     partition=(0.3, 1.5, frozenset({4, 5})), crash=(6, 0.6, 1.8),
