@@ -40,6 +40,8 @@ from nodes.wire import CONSENSUS_KINDS, SYNC_KINDS, cert_from_wire, cert_to_wire
 log = logging.getLogger(__name__)
 
 COUNTED = {"stale_proposal": "stale_proposals", "reproposal": "reproposals"}
+REJECT_RECORD_EVERY = 0.1
+"""Seconds between two telemetry records of refused input of one kind (all counted)."""
 TRAFFIC_PERIOD = 2.0
 """Seconds between two telemetry records of bytes sent and received by message type."""
 """Core logs that only bump a counter (the rest also go to telemetry)."""
@@ -88,6 +90,7 @@ class Node:
         self._content = asyncio.Event()
         self._batch_task: asyncio.Task[None] | None = None
         self._traffic_task: asyncio.Task[None] | None = None
+        self._reject_log: dict[str, tuple[float, int]] = {}
         self.last_commit_at = 0.0
         self._record: BlockSensorRecord | None = None
         config = core_config(genesis.timing)
@@ -352,8 +355,16 @@ class Node:
 
     # ---- intake --------------------------------------------------------------------
     def reject(self, kind: str, detail: str) -> None:
+        """Count every refusal; record at most one per kind per REJECT_RECORD_EVERY s (a
+        flood of bad messages must not become a flood of log: issue 18)."""
         self.counters[f"rejected_{kind}"] += 1
-        self.telemetry.event("reject", what=kind, detail=detail[:300])
+        now = time.monotonic()
+        last, skipped = self._reject_log.get(kind, (float("-inf"), 0))
+        if now - last < REJECT_RECORD_EVERY:
+            self._reject_log[kind] = (last, skipped + 1)
+            return
+        self._reject_log[kind] = (now, 0)
+        self.telemetry.event("reject", what=kind, detail=detail[:300], not_recorded=skipped)
 
     def _on_frame(self, msg: dict[str, Any], conn: Connection) -> None:
         t = msg.get("t")

@@ -17,6 +17,15 @@ backlog of stale messages (issue 17: a validator behind a 3 Mbit/s link received
   the peer's host is down or cut off) is closed and redialled, each dial bounded by
   `CONNECT_TIMEOUT`, so a healed peer is reached within about a second instead of after
   TCP's exponential retransmission back-off.
+
+What arrives is bounded before it is believed (issue 18): at most `max_conns`
+connections (`max_conns_per_ip` from one address), a frame no longer than `max_frame`
+(the largest legal message), unfinished frames above `SMALL_FRAME` together within
+`max_inflight` bytes (a quarter of it per address), a started frame finished within `FRAME_TIMEOUT` and a connection that sends
+nothing for `IDLE_TIMEOUT` closed; the decoder refuses huge integers, NaN and nesting
+past the recursion limit;
+one bad frame closes its connection, and a peer's misbehaviour is logged once per
+`LOG_EVERY` seconds, not once per message.
 """
 
 from __future__ import annotations
@@ -34,7 +43,19 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME = 64 * 1024 * 1024
+MAX_FRAME = 16 * 1024 * 1024
+"""The largest legal message with room to spare: a proposal or sync answer carries one
+block of at most `max_block_bytes` (4 MB), whose payloads travel hex-encoded."""
+MAX_INFLIGHT = 64 * 1024 * 1024
+SMALL_FRAME = 64 * 1024
+"""Frames up to this size (every vote, round change without a block, client batch) do
+not count against the in-flight budget, so a peer holding the budget with unfinished
+big frames cannot stop votes; memory stays within the budget + MAX_CONNS x this."""
+MAX_CONNS = 512
+MAX_CONNS_PER_IP = 128
+FRAME_TIMEOUT = 30.0
+IDLE_TIMEOUT = 300.0
+LOG_EVERY = 10.0
 READ_LIMIT = 1024 * 1024
 _LEN = struct.Struct(">I")
 NOTSENT_LOWAT = 64 * 1024
@@ -50,6 +71,23 @@ class FrameError(ValueError):
     """A peer sent something that is not a frame of JSON object."""
 
 
+def decode_body(body: bytes) -> dict[str, Any]:
+    """A frame's JSON object, strictly: no integers past Python's 4,300 digits, no
+    NaN or Infinity, nesting within the interpreter's recursion limit (json's C scanner
+    raises RecursionError, caught here: a 100k-deep array costs one error, not a task)."""
+    try:
+        msg = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digits, NaN
+        raise FrameError(f"frame is not valid JSON: {str(exc)[:120]}") from exc
+    if not isinstance(msg, dict):
+        raise FrameError("frame is not a JSON object")
+    return msg
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number we accept")
+
+
 def encode(msg: dict[str, Any]) -> bytes:
     body = json.dumps(msg, separators=(",", ":")).encode()
     return _LEN.pack(len(body)) + body
@@ -61,23 +99,18 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return None if got is None else got[0]
 
 
-async def read_sized_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], int] | None:
+async def read_sized_frame(reader: asyncio.StreamReader,
+                           max_frame: int = MAX_FRAME) -> tuple[dict[str, Any], int] | None:
     """Next message and its size on the wire, or None at a clean end of stream."""
     try:
         head = await reader.readexactly(4)
     except asyncio.IncompleteReadError:
         return None
     (size,) = _LEN.unpack(head)
-    if size > MAX_FRAME:
-        raise FrameError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+    if size > max_frame:
+        raise FrameError(f"frame of {size} bytes exceeds {max_frame}")
     body = await reader.readexactly(size)
-    try:
-        msg = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FrameError(f"frame is not JSON: {exc}") from exc
-    if not isinstance(msg, dict):
-        raise FrameError("frame is not a JSON object")
-    return msg, size + 4
+    return decode_body(body), size + 4
 
 
 class Connection:
@@ -177,6 +210,10 @@ class Transport:
         delay: DelayFn | None = None,
         max_queue_bytes: int = 8 * 1024 * 1024,
         max_age: float = 10.0,
+        max_frame: int = MAX_FRAME,
+        max_inflight: int = MAX_INFLIGHT,
+        max_conns: int = MAX_CONNS,
+        max_conns_per_ip: int = MAX_CONNS_PER_IP,
     ) -> None:
         """`max_age`: seconds a frame may wait for its peer (several round timeouts)."""
         self.node_id = node_id
@@ -188,6 +225,14 @@ class Transport:
         self.dropped = 0
         self.traffic: Counter[tuple[str, str]] = Counter()
         """Bytes by ("in"|"out", message type): what a node's links carry."""
+        self.max_frame, self.max_inflight = max_frame, max_inflight
+        self.max_conns, self.max_conns_per_ip = max_conns, max_conns_per_ip
+        self.refused = Counter[str]()
+        """Connections and frames refused, by reason."""
+        self._inflight = 0
+        self._inflight_ip: Counter[str] = Counter()
+        self._per_ip: Counter[str] = Counter()
+        self._logged: dict[tuple[str, str], float] = {}
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._closing = False
@@ -280,17 +325,74 @@ class Transport:
                 writer.close()
 
     # ---- receiving -----------------------------------------------------------------
+    def warn(self, peer: str, what: str, detail: str) -> None:
+        """Log a peer's misbehaviour at most once per LOG_EVERY seconds per (peer, what)."""
+        key = (peer, what)
+        now = time.monotonic()
+        if now - self._logged.get(key, float("-inf")) < LOG_EVERY:
+            return
+        if len(self._logged) > 10_000:
+            self._logged.clear()
+        self._logged[key] = now
+        log.warning("%s: %s from %s: %s (further ones for %.0f s not logged)", self.node_id,
+                    what, peer, detail, LOG_EVERY)
+
+    async def _read_frame(self, reader: asyncio.StreamReader,
+                          peer: str) -> tuple[dict[str, Any], int] | None:
+        """One frame, within the size, in-flight and time bounds (None: clean end)."""
+        try:
+            head = await asyncio.wait_for(reader.readexactly(4), IDLE_TIMEOUT)
+        except asyncio.IncompleteReadError:
+            return None
+        except TimeoutError:
+            self.refused["idle"] += 1
+            return None
+        (size,) = _LEN.unpack(head)
+        if size > self.max_frame:
+            self.refused["frame too big"] += 1
+            raise FrameError(f"frame of {size} bytes exceeds {self.max_frame}")
+        counted = size if size > SMALL_FRAME else 0
+        if counted and (self._inflight + size > self.max_inflight
+                        or self._inflight_ip[peer] + size > self.max_inflight // 4):
+            self.refused["in-flight budget"] += 1
+            raise FrameError(f"frame of {size} bytes: {self._inflight} bytes of unfinished "
+                             f"frames already, {self._inflight_ip[peer]} from this address "
+                             f"(budget {self.max_inflight}, a quarter per address)")
+        self._inflight += counted
+        self._inflight_ip[peer] += counted
+        try:
+            body = await asyncio.wait_for(reader.readexactly(size), FRAME_TIMEOUT)
+        except TimeoutError:
+            self.refused["slow frame"] += 1
+            raise FrameError(f"frame of {size} bytes not finished in {FRAME_TIMEOUT:g} s") \
+                from None
+        finally:
+            self._inflight -= counted
+            self._inflight_ip[peer] -= counted
+            if self._inflight_ip[peer] <= 0:
+                del self._inflight_ip[peer]
+        return decode_body(body), size + 4
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        addr = writer.get_extra_info("peername")
+        ip = str(addr[0]) if isinstance(addr, tuple) and addr else "?"
+        if len(self._conns) >= self.max_conns or self._per_ip[ip] >= self.max_conns_per_ip:
+            self.refused["too many connections"] += 1
+            self.warn(ip, "connection refused", f"{len(self._conns)} open, "
+                      f"{self._per_ip[ip]} from this address")
+            writer.close()
+            return
         self._conns.add(writer)
+        self._per_ip[ip] += 1
         tune_socket(writer)
         conn = Connection(writer)
         try:
             while True:
                 try:
-                    got = await read_sized_frame(reader)
+                    got = await self._read_frame(reader, ip)
                 except FrameError as exc:
                     self.frame_errors += 1
-                    log.warning("%s: dropping connection: %s", self.node_id, exc)
+                    self.warn(ip, "bad frame, connection closed", str(exc))
                     break
                 if got is None:
                     break
@@ -309,4 +411,7 @@ class Transport:
         finally:
             conn.closed = True
             self._conns.discard(writer)
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
             writer.close()
