@@ -22,10 +22,10 @@ What arrives is bounded before it is believed (issue 18): at most `max_conns`
 connections (`max_conns_per_ip` from one address), a frame no longer than `max_frame`
 (the largest legal message), unfinished frames above `SMALL_FRAME` together within
 `max_inflight` bytes (a quarter of it per address), a started frame finished within
-`FRAME_TIMEOUT` and a connection that sends nothing for `IDLE_TIMEOUT` closed; the decoder refuses huge integers, NaN and nesting
-past the recursion limit;
-one bad frame closes its connection, and a peer's misbehaviour is logged once per
-`LOG_EVERY` seconds, not once per message.
+`FRAME_TIMEOUT` and a connection that sends nothing for `IDLE_TIMEOUT` closed; the
+decoder refuses huge integers, NaN and nesting past the recursion limit; one bad frame
+closes its connection, and a peer's misbehaviour is logged once per `LOG_EVERY` seconds,
+not once per message.
 """
 
 from __future__ import annotations
