@@ -34,7 +34,8 @@ def signed_bytes(msg: Any) -> bytes:
     if t is RoundChange:
         return message_bytes(encode_rc(msg, with_sig=False))
     if t is SyncRequest:
-        return message_bytes({"t": "sync_req", "from": msg.sender, "start": msg.start})
+        return message_bytes({"t": "sync_req", "from": msg.sender, "start": msg.start,
+                              "at": msg.at})
     if t is SyncResponse:
         return sync_resp_bytes(msg.sender, msg.tip, msg.digests)
     raise TypeError(f"nothing to sign in {msg!r}")

@@ -13,6 +13,7 @@ Decoding checks shapes and hashes only; signatures and rules are the core's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
@@ -83,7 +84,8 @@ def encode(msg: Any, sent_at: float = 0.0) -> dict[str, Any]:
     if t is RoundChange:
         return encode_rc(msg)
     if t is SyncRequest:
-        return {"t": "sync_req", "from": msg.sender, "start": msg.start, "sig": msg.sig}
+        return {"t": "sync_req", "from": msg.sender, "start": msg.start, "at": msg.at,
+                "sig": msg.sig}
     if t is SyncResponse:
         return {"t": "sync_resp", "from": msg.sender,
                 "blocks": [[b.to_wire(), cert_to_wire(c)] for b, c in msg.blocks],
@@ -200,10 +202,12 @@ def _decode_sync(msg: Mapping[str, Any], known_height: int) -> Any:
     if not isinstance(sender, str):
         raise DecodeError("sync", f"unsigned or unknown sync message from {sender!r}")
     if msg["t"] == "sync_req":
-        start = msg.get("start")
+        start, at = msg.get("start"), msg.get("at")
         if not _int(start):
             raise DecodeError("sync", "sync_req without a start height")
-        return SyncRequest(sender, start, _sig(msg))
+        if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
+            raise DecodeError("sync", "sync_req without a finite time")
+        return SyncRequest(sender, start, float(at), _sig(msg))
     items, tip = msg.get("blocks"), msg.get("tip")
     if not isinstance(items, list):
         raise DecodeError("sync", "sync_resp without blocks")

@@ -162,6 +162,8 @@ class Core:
         self._sync_turn = 0
         self._hinted: dict[NodeId, float] = {}
         self._served: dict[NodeId, float] = {}
+        self._served_at: dict[NodeId, float] = {}
+        """The signed time of the last request served per peer (replays refused)."""
         self._lag_height = 0
         self._lag_peer: NodeId | None = None
         self.now = 0.0
@@ -347,8 +349,11 @@ class Core:
         elif h < self.height - 1 or type(msg) is RoundChange:
             # A vote one height behind is the normal tail of the last height (its sender
             # commits as soon as the quorum's votes reach it); only a sender further
-            # behind, or timing out there, needs our blocks.
-            self._help(sender, h)
+            # behind, or timing out there, needs our blocks: a hint, if it is who it says.
+            if self.c.auth.verify(msg):
+                self._help(sender, h)
+            else:
+                self._reject(_kind(msg), f"bad signature from {sender} (height {h})")
 
     def _current(self, msg: Any, verified: bool) -> None:
         t = type(msg)
@@ -487,13 +492,14 @@ class Core:
         if not prepare and v.phase != "commit":
             self._reject("consensus", f"unknown vote phase {v.phase!r}")
             return
-        rs = self._rs(v.round)
-        votes = rs.prepares if prepare else rs.commits
-        if v.sender in votes:
+        known = self.rounds.get(v.round)
+        if known is not None and v.sender in (known.prepares if prepare else known.commits):
             return
-        if not verified and not self.c.auth.verify(v):
+        if not verified and not self.c.auth.verify(v):  # before any state (issue 18)
             self._reject(v.phase, f"bad {v.phase} signature from {v.sender}")
             return
+        rs = known if known is not None else self._rs(v.round)
+        votes = rs.prepares if prepare else rs.commits
         votes[v.sender] = (v.digest, v.sig, self.now)
         tally = rs.prepare_tally if prepare else rs.commit_tally
         tally[v.digest] = tally.get(v.digest, 0) + 1
@@ -764,10 +770,10 @@ class Core:
         self._last_sync_req = now
         self._sync_wait = (target, now)
         start = self._next_needed()
-        req = SyncRequest(self.me, start)
+        req = SyncRequest(self.me, start, now)
         sig = self.c.auth.sign(req)
         if sig:
-            req = SyncRequest(self.me, start, sig)
+            req = SyncRequest(self.me, start, now, sig)
         self.out.append(RequestSync(target, req))
         self._arm_sync_timer()
 
@@ -805,9 +811,15 @@ class Core:
         if req.sender not in self.c.members or not self.c.auth.verify(req):
             self._reject("sync", f"unsigned or unknown sync message from {req.sender!r}")
             return
+        last = self._served_at.get(req.sender, float("-inf"))
+        if req.at <= last or abs(self.now - req.at) > self.config.sync_fresh:
+            self._reject("sync", f"stale or replayed sync request from {req.sender} "
+                         f"(signed at {req.at:.3f}, last served {last:.3f}, now {self.now:.3f})")
+            return
         if req.start < 1 or _rate_limited(self._served, req.sender, self.now,
                                           self.config.sync_interval / 4):
             return
+        self._served_at[req.sender] = req.at
         self.out.append(ServeSync(req.sender, req.start, self.config.sync_batch,
                                   self.config.sync_bytes))
 

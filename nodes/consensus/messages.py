@@ -106,10 +106,12 @@ class Certificate(_Immutable):
 
 @dataclass(frozen=True, slots=True)
 class SyncRequest(_Immutable):
-    """Ask for committed blocks from height `start` on."""
+    """Ask for committed blocks from height `start` on. `at` is the asker's clock when it
+    asked, signed with the rest: a request is served once, and only while fresh."""
 
     sender: NodeId
     start: int
+    at: float = 0.0
     sig: str = ""
 
 

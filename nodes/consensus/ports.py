@@ -121,6 +121,9 @@ class CoreConfig(_Immutable):
     more), and between two hints to one lagging peer."""
     sync_timeout: float = 4.0
     """A sync request unanswered this long is given up: ask another peer."""
+    sync_fresh: float = 30.0
+    """A sync request is served only if its signed time is within this many seconds of
+    ours and later than the asker's last one served (a replay is refused: issue 18)."""
     lag_grace: float = 0.2
     """Votes one height ahead: wait this long for our own commit before asking."""
     sync_batch: int = 50
