@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nodes.consensus import RULES
 from nodes.crypto import sha256_hex
+from nodes.strict_yaml import load_strict
 
 
 class ConfigError(ValueError):
@@ -135,7 +136,7 @@ def _load_mapping(path: Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = load_strict(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, dict):

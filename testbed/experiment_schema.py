@@ -13,7 +13,9 @@ from pydantic import Field, field_validator, model_validator
 
 from testbed.topology_schema import AbnSpec, Shaping, Strict
 
-Seconds = Annotated[float, Field(ge=0)]
+MAX_SECONDS = 7 * 24 * 3600.0
+"""No time in an experiment may exceed a week (and .inf or 1e12 are refused: issue 18)."""
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 
 
 class ProcessBase(Strict):
@@ -119,7 +121,7 @@ class ChainClient(ProcessBase):
     """Constant offered load, transactions per second."""
     schedule: str | None = Field(default=None, pattern=_SCHEDULE)
     """Load that changes over time: '0:50,10:200' = from t seconds on, this TPS."""
-    duration: Annotated[float, Field(gt=0)]
+    duration: Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
     """Seconds of sending."""
     size: int = Field(default=100, ge=0)
     """Payload bytes per transaction."""
@@ -272,7 +274,7 @@ class Experiment(Strict):
     variant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     mode: Literal["emulation", "simulation"] = "emulation"
     seed: int = 1
-    duration: Annotated[float, Field(gt=0)] = 10.0
+    duration: Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)] = 10.0
     """Seconds of timeline; processes still running then are stopped."""
     topology: str | None = None
     """Path of the topology YAML, relative to the experiment file (or the project root)."""
@@ -348,6 +350,9 @@ class Experiment(Strict):
                                  "no validator (chain.validators)")
         self._check_fault_order()
         for i, p in enumerate(self.processes):
+            if p.start > self.duration:
+                raise ValueError(f"processes[{i}] ({p.name}): start={p.start} s is after the "
+                                 f"run's duration ({self.duration} s)")
             if isinstance(p, ChainClient) and self.chain is None:
                 raise ValueError(f"processes[{i}]: chain_client needs a 'chain' section")
         return self

@@ -119,3 +119,37 @@ def test_bad_override_path_and_value(tmp_path):
         config.load_experiment(p, ["duration"])
     with pytest.raises(ConfigError, match="no list item named 'x'"):
         config.load_experiment(p, ["processes.x.port=5"])
+
+
+# ---- issue 18: hostile or careless YAML -------------------------------------------------
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path):
+    (tmp_path / "topo.yaml").write_text(
+        "name: t\nhosts:\n  a: {}\n  b: {}\n  a: {role: middlebox}\n"
+        "links:\n  - {ends: [a, b]}\n")
+    p = tmp_path / "exp.yaml"
+    p.write_text("name: e\ntopology: topo.yaml\n")
+    with pytest.raises(ConfigError) as info:
+        config.load_experiment(p)
+    msg = str(info.value)
+    assert "topo.yaml" in msg and "'a' is given twice" in msg and "line 3" in msg
+
+
+def test_a_duplicate_field_in_an_experiment_is_refused(tmp_path):
+    (tmp_path / "topo.yaml").write_text(yaml.safe_dump(TOPO))
+    p = tmp_path / "exp.yaml"
+    p.write_text("name: e\ntopology: topo.yaml\nduration: 5\nduration: 50\n")
+    with pytest.raises(ConfigError) as info:
+        config.load_experiment(p)
+    assert "'duration' is given twice" in str(info.value)
+
+
+@pytest.mark.parametrize("duration", [1e12, ".inf", ".nan"])
+def test_absurd_durations_are_refused(tmp_path, duration):
+    msg = error(tmp_path, {"duration": duration})
+    assert "duration" in msg
+
+
+def test_a_process_starting_after_the_run_is_refused(tmp_path):
+    msg = error(tmp_path, {"duration": 38, "processes": [
+        {"name": "p", "kind": "ping", "host": "a", "target": "b", "start": 100000}]})
+    assert "processes[0] (p): start=100000" in msg and "38" in msg
