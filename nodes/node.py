@@ -130,9 +130,8 @@ class Node:
         """Rebuild in-memory state (duplicate ids, protocol schedule) from the ledger."""
         schedule = Schedule(self.genesis.protocol, config.reconfig_delay)
         for block in self.ledger.iter_blocks():
-            self.mempool.remove_committed(
-                (tx.id for tx in block.txs), (r.id for r in block.reconfigs)
-            )
+            self.mempool.remove_committed(block.txs, (r.id for r in block.reconfigs),
+                                          block.proposed_at)
             schedule.on_commit(block.height, self.blocks.switches(block))
         self.tip_cert, self.tip_record = self.ledger.tip_extras()
         if self.ledger.height:
@@ -221,7 +220,8 @@ class Node:
 
     def committed(self, block: Block, cert: Certificate, record: dict[str, Any] | None) -> None:
         self.tip_cert, self.tip_record = cert_to_wire(cert), record
-        self.mempool.remove_committed((tx.id for tx in block.txs), (r.id for r in block.reconfigs))
+        self.mempool.remove_committed(block.txs, (r.id for r in block.reconfigs),
+                                      block.proposed_at)
         self.last_commit_at = time.time()
         self.counters["blocks"] += 1
         self.counters["txs"] += len(block.txs)
@@ -272,7 +272,8 @@ class Node:
             protocol or self.protocol_at(height),
             self.id,
             time.time() if now is None else now,
-            self.mempool.take(t.max_block_txs, t.max_block_bytes),
+            self.mempool.take(t.max_block_txs, t.max_block_bytes,
+                              time.time() if now is None else now),
             self.mempool.take_reconfigs(),
             self.tip_cert,
             self.tip_record,
@@ -309,9 +310,13 @@ class Node:
             raise BlockInvalid("block exceeds size limits")
         seen: set[str] = set()
         for tx in block.txs:
-            if tx.id in seen or tx.id in self.mempool.committed_ids:
-                raise BlockInvalid(f"duplicate transaction '{tx.id}'")
-            seen.add(tx.id)
+            if tx.uid in seen or tx.uid in self.mempool.committed_ids:
+                raise BlockInvalid(f"duplicate transaction '{tx.id}' of {tx.client}")
+            seen.add(tx.uid)
+            try:  # against the block's own time: the same verdict on every validator, now
+                tx.check_time(block.proposed_at, "the block's time")  # or at a later sync
+            except TxRejected as exc:
+                raise BlockInvalid(f"transaction '{tx.id}': {exc}") from exc
             if self.mempool.was_verified(tx):
                 continue  # the same bytes passed `check` here (pool, or an earlier proposal)
             try:
@@ -405,11 +410,13 @@ class Node:
     def _tx_ack(self, wire: object) -> dict[str, Any]:
         tx_id = wire.get("id") if isinstance(wire, dict) else None
         try:
-            if len(self.mempool) >= self.mempool.capacity:  # refuse before paying to verify
-                raise TxRejected("mempool_full", f"pool holds {self.mempool.capacity} transactions")
+            full = self.mempool.full()
+            if full is not None:  # refuse before paying to verify
+                raise TxRejected("mempool_full", full)
             tx = Transaction.from_wire(wire)
-            if self.mempool.is_known(tx.id):  # refuse before paying to verify
+            if self.mempool.is_known(tx.uid):  # refuse before paying to verify
                 raise TxRejected("duplicate", f"tx '{tx.id}' was already received")
+            tx.check_time(time.time(), "this validator's clock")
             if not self.mempool.was_verified(tx):  # else: checked when a proposal carried it
                 tx.check(self.client_keys, self.verifier, self.genesis.timing.max_tx_bytes)
             self.mempool.add(tx)

@@ -2,10 +2,17 @@
 
 The client's timestamp is its submit time, so per-transaction latency (commit time -
 submit time, as in the twin paper) can be computed from committed blocks alone.
+
+Issue 18: an id names a transaction only within its client (`uid` = client + id, so one
+client cannot take another's ids first and censor it), and a timestamp must be finite
+and within [-TX_PAST, +TX_FUTURE] seconds of the validator's clock at intake and of the
+block's time in a block (deterministic, so a block synced years later still checks).
+Duplicates therefore only need remembering for TX_PAST + TX_FUTURE seconds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +20,10 @@ from typing import Any
 from nodes.crypto import KeyPair, Verifier
 
 MAX_ID_LEN = 128
+TX_PAST = 120.0
+"""Oldest acceptable timestamp, seconds before the clock (intake) or block time."""
+TX_FUTURE = 10.0
+"""Newest acceptable timestamp, seconds after it (clock skew between client and chain)."""
 
 
 class TxRejected(ValueError):
@@ -35,6 +46,17 @@ class Transaction:
     @property
     def size(self) -> int:
         return len(self.payload)
+
+    @property
+    def uid(self) -> str:
+        """The transaction's name on the chain: its id within its client."""
+        return f"{self.client}\x1f{self.id}"
+
+    def check_time(self, ref: float, what: str) -> None:
+        """Raise TxRejected('bad_timestamp') unless ts is within the window around ref."""
+        if not ref - TX_PAST <= self.ts <= ref + TX_FUTURE:
+            raise TxRejected("bad_timestamp", f"ts {self.ts!r} is not within "
+                             f"[-{TX_PAST:g}, +{TX_FUTURE:g}] s of {what} {ref:.3f}")
 
     @staticmethod
     def signing_bytes(tx_id: str, client: str, ts: float, payload: bytes) -> bytes:
@@ -65,8 +87,8 @@ class Transaction:
             if not isinstance(data.get(name), kind):
                 raise TxRejected("malformed", f"field '{name}' must be a string")
         ts = data.get("ts")
-        if isinstance(ts, bool) or not isinstance(ts, int | float):
-            raise TxRejected("malformed", "field 'ts' must be a number")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            raise TxRejected("malformed", "field 'ts' must be a finite number")
         if len(data) != 5:  # the five fields above are present, so anything more is extra
             extra = set(data) - {"id", "client", "ts", "payload", "sig"}
             raise TxRejected("malformed", f"unknown fields {sorted(extra)}")

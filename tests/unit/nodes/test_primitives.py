@@ -79,7 +79,7 @@ def test_mempool_orders_by_arrival_and_rejects_duplicates() -> None:
         pool.add(txs[0])
     assert [t.id for t in pool.take(2, 10**6)] == ["t0", "t1"]
     assert [t.id for t in pool.take(10, 25)] == ["t0", "t1"]
-    pool.remove_committed(["t0"])
+    pool.remove_committed([txs[0]])
     with pytest.raises(TxRejected, match="duplicate"):
         pool.add(txs[0])  # already committed
     assert [t.id for t in pool.take(10, 10**6)] == ["t1", "t2"]
@@ -180,8 +180,8 @@ def test_mempool_remembers_only_identical_verified_transactions() -> None:
     for tx in txs:
         pool.remember_verified(tx)
     assert not pool.was_verified(txs[0])  # evicted: the cache is bounded
-    assert pool.was_verified(txs[2]) and not pool.is_known("t2")
+    assert pool.was_verified(txs[2]) and not pool.is_known(txs[2].uid)
     resigned = Transaction.create(KeyPair.generate(), "c", "t2", 2.0, b"x")
     assert not pool.was_verified(resigned)  # same id, other signature: verify it
-    pool.remove_committed(["t2"])
-    assert pool.is_known("t2") and not pool.was_verified(txs[2])
+    pool.remove_committed([txs[2]])
+    assert pool.is_known(txs[2].uid) and not pool.was_verified(txs[2])

@@ -1,0 +1,99 @@
+"""Hostile transactions (issue 18): ids are a client's own, timestamps are checked,
+the pool is bounded in bytes, and the committed-id set does not grow for ever."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from nodes.config import load_genesis
+from nodes.crypto import KeyPair
+from nodes.genesis import write_genesis
+from nodes.mempool import CommittedSet, Mempool
+from nodes.tx import TX_FUTURE, TX_PAST, Transaction, TxRejected
+from tests.unit.nodes.cluster import FAST_TIMING, Cluster, free_ports
+
+
+def test_a_client_cannot_take_another_clients_ids_first(tmp_path: Path) -> None:
+    """Before: ids were global, so client1 could submit 'client0-1' first and client0's
+    own transaction was refused as a duplicate (censored)."""
+    write_genesis(tmp_path, 4, clients=2, ports=free_ports(4), timing=FAST_TIMING)
+    genesis = load_genesis(tmp_path / "genesis.yaml")
+
+    async def body() -> tuple[dict, set[str]]:
+        cluster = Cluster(tmp_path, genesis)
+        try:
+            await cluster.start()
+            k0 = KeyPair.load(tmp_path / "keys" / "client0.key")
+            k1 = KeyPair.load(tmp_path / "keys" / "client1.key")
+            now = time.time()
+            squat = Transaction.create(k1, "client1", "client0-1", now, b"squat")
+            mine = Transaction.create(k0, "client0", "client0-1", now, b"mine")
+            for n in cluster.nodes.values():  # each producer keeps its own pool
+                n._tx_ack(squat.to_wire())
+                ack = n._tx_ack(mine.to_wire())
+            node = cluster.nodes["v0"]
+            await cluster.wait_height(node.ledger.height + 5, 10)
+            committed = {(tx.client, tx.id) for b in node.ledger.iter_blocks() for tx in b.txs}
+            return ack, committed
+        finally:
+            await cluster.stop()
+
+    ack, committed = asyncio.run(asyncio.wait_for(body(), 60))
+    assert ack["ok"] is not False, ack
+    assert {("client0", "client0-1"), ("client1", "client0-1")} <= committed
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), -1.0, 1e300, "past", "future"])
+def test_timestamps_outside_the_window_are_refused_at_intake(tmp_path: Path, ts) -> None:
+    """Before: NaN, inf, 1e300 and negative times were committed (and reached the sensor
+    records as NaN, which is not JSON)."""
+    write_genesis(tmp_path, 1, ports=free_ports(1), timing=FAST_TIMING)
+    genesis = load_genesis(tmp_path / "genesis.yaml")
+    key = KeyPair.load(tmp_path / "keys" / "client0.key")
+    now = time.time()
+    value = {"past": now - TX_PAST - 5, "future": now + TX_FUTURE + 5}.get(ts, ts)
+
+    async def body() -> dict:
+        cluster = Cluster(tmp_path, genesis)
+        try:
+            await cluster.start()
+            wire = Transaction.create(key, "client0", "x", float(value), b"p").to_wire()
+            return cluster.nodes["v0"]._tx_ack(wire)
+        finally:
+            await cluster.stop()
+
+    ack = asyncio.run(asyncio.wait_for(body(), 30))
+    assert ack["ok"] is False and ack["reason"] in ("malformed", "bad_timestamp"), ack
+
+
+def test_the_pool_is_bounded_in_bytes() -> None:
+    """Before: the pool capped transactions, not bytes (8,000 x 16 KB: +145 MB)."""
+    key = KeyPair.generate()
+    pool = Mempool(capacity=100_000, max_bytes=1_000_000)
+    now = time.time()
+    refused = 0
+    for i in range(100):
+        tx = Transaction.create(key, "c", f"t{i}", now, b"x" * 16_384)
+        try:
+            pool.add(tx)
+        except TxRejected as exc:
+            assert exc.reason == "mempool_full"
+            refused += 1
+    assert pool.bytes <= 1_000_000 and len(pool) == 61 and refused == 39
+    pool.remove_committed(pool.take(10, 10**9))
+    assert pool.bytes == 51 * 16_384
+
+
+def test_the_committed_set_forgets_what_no_block_can_repeat() -> None:
+    """Before: every committed id was kept for good (memory grew ~5.5 MB/min)."""
+    s = CommittedSet()
+    for i in range(10_000):  # 100 tx/s for 100 s
+        s.add(f"c\x1ft{i}", 1000.0 + i / 100)
+    s.add("\x00reconfig:x")  # no timestamp: kept
+    s.forget_before(1000.0 + 100 + TX_PAST + TX_FUTURE - 30)  # block time, 30 s later
+    assert len(s) == 3_001  # the last 30 s of ids and the reconfig
+    assert "c\x1ft9999" in s and "c\x1ft0" not in s and "\x00reconfig:x" in s
