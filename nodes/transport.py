@@ -341,7 +341,8 @@ class Transport:
                           peer: str) -> tuple[dict[str, Any], int] | None:
         """One frame, within the size, in-flight and time bounds (None: clean end)."""
         try:
-            head = await asyncio.wait_for(reader.readexactly(4), IDLE_TIMEOUT)
+            async with asyncio.timeout(IDLE_TIMEOUT):  # a timer handle, not a task per read
+                head = await reader.readexactly(4)
         except asyncio.IncompleteReadError:
             return None
         except TimeoutError:
@@ -361,7 +362,8 @@ class Transport:
         self._inflight += counted
         self._inflight_ip[peer] += counted
         try:
-            body = await asyncio.wait_for(reader.readexactly(size), FRAME_TIMEOUT)
+            async with asyncio.timeout(FRAME_TIMEOUT):
+                body = await reader.readexactly(size)
         except TimeoutError:
             self.refused["slow frame"] += 1
             raise FrameError(f"frame of {size} bytes not finished in {FRAME_TIMEOUT:g} s") \
