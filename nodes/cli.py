@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--protocol", required=True)
     r.add_argument("--at", type=int, default=None, help="activation height (default: asap)")
     r.add_argument("--id", default=None)
+    r.add_argument("--chain-id", default="chaintwin", help="genesis chain_id (signed)")
 
     s = sub.add_parser("status", help="ask a node for its height, tip and counters")
     s.add_argument("--target", required=True, type=_addr)
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.protocol,
                 args.at,
                 time.time(),
+                args.chain_id,
             )
             reply = asyncio.run(_request(args.target, {"t": "reconfig", "cmd": cmd.to_wire()}))
             print(json.dumps(reply))

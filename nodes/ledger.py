@@ -36,6 +36,13 @@ class Ledger:
     def __init__(self, path: Path, genesis_hash: str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open(genesis_hash)
+        except sqlite3.DatabaseError as exc:  # a damaged file: say which, not a traceback
+            raise LedgerError(f"{self.path}: not a readable ledger ({exc}); restore it "
+                              "from a peer's copy or start on a fresh data_dir") from exc
+
+    def _open(self, genesis_hash: str) -> None:
         self._db = sqlite3.connect(str(self.path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -179,6 +186,10 @@ class Ledger:
 
     def hashes(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT hash FROM blocks ORDER BY height")]
+
+    def iter_certified(self) -> Iterator[tuple[Block, Certificate]]:
+        for raw, cert in self._db.execute("SELECT block, cert FROM blocks ORDER BY height"):
+            yield Block.from_wire(json.loads(raw)), cert_from_wire(json.loads(cert))
 
     def iter_blocks(self) -> Iterator[Block]:
         for (raw,) in self._db.execute("SELECT block FROM blocks ORDER BY height"):

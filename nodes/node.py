@@ -28,7 +28,7 @@ from nodes.consensus.events import BatchReady, CommitInfo
 from nodes.consensus.messages import Certificate
 from nodes.crypto import KeyPair, Verifier
 from nodes.driver import AsyncDriver, core_config, restore_core
-from nodes.ledger import Ledger
+from nodes.ledger import Ledger, LedgerError
 from nodes.mempool import Mempool, reconfig_key
 from nodes.reconfig import ReconfigCommand
 from nodes.sensor import BlockSensorRecord, RoundChange, VoteTiming
@@ -127,9 +127,17 @@ class Node:
         )
 
     def _recover(self, config: Any) -> Schedule:
-        """Rebuild in-memory state (duplicate ids, protocol schedule) from the ledger."""
+        """Rebuild in-memory state (duplicate ids, protocol schedule) from the ledger,
+        checking every stored block as a syncing peer would (issue 18: a block whose
+        stored signature was altered loaded without complaint and was served): its hash,
+        its proposer's signature, its link to the one before and its certificate."""
         schedule = Schedule(self.genesis.protocol, config.reconfig_delay)
-        for block in self.ledger.iter_blocks():
+        prev = self.genesis.hash()
+        for block, _ in self._checked_blocks():
+            if block.prev_hash != prev:
+                raise LedgerError(f"{self.ledger.path}: block {block.height} does not extend "
+                                  "the block before it")
+            prev = block.hash
             self.mempool.remove_committed(block.txs, (r.id for r in block.reconfigs),
                                           block.proposed_at)
             schedule.on_commit(block.height, self.blocks.switches(block))
@@ -177,6 +185,21 @@ class Node:
 
     def protocol_at(self, height: int) -> str:
         return self.core.protocol_at(height)
+
+    def _checked_blocks(self) -> Any:
+        try:
+            for block, cert in self.ledger.iter_certified():
+                block.check_signature(self.validator_keys, self.verifier)
+                problem = certificate_problem(self.committee, cert)
+                if problem is None and (cert.height != block.height or cert.digest != block.hash):
+                    problem = "certificate is for another block"
+                if problem is not None:
+                    raise BlockInvalid(problem)
+                yield block, cert
+        except BlockInvalid as exc:
+            raise LedgerError(f"{self.ledger.path}: a stored block is not valid: {exc}; "
+                              "restore the ledger from a peer or start on a fresh "
+                              "data_dir") from exc
 
     # ---- the driver's hooks ----------------------------------------------------------
     def want_batch(self, height: int) -> None:
@@ -327,7 +350,9 @@ class Node:
         for cmd in block.reconfigs:
             if reconfig_key(cmd.id) in self.mempool.committed_ids:
                 raise BlockInvalid(f"duplicate reconfig '{cmd.id}'")
-            try:
+            try:  # freshness against the block (the same verdict on every validator)
+                cmd.check_fresh(self.genesis.chain_id, block.proposed_at, "the block's time",
+                                block.height)
                 cmd.check(self.genesis.twin_pubkey, self.verifier, set(PROTOCOLS))
             except TxRejected as exc:
                 raise BlockInvalid(f"reconfig '{cmd.id}': {exc}") from exc
@@ -446,6 +471,8 @@ class Node:
         cmd_id = wire.get("id") if isinstance(wire, dict) else None
         try:
             cmd = ReconfigCommand.from_wire(wire)
+            cmd.check_fresh(self.genesis.chain_id, time.time(), "this validator's clock",
+                            self.ledger.height + 1)
             cmd.check(self.genesis.twin_pubkey, self.verifier, set(PROTOCOLS))
             self.mempool.add_reconfig(cmd)
         except TxRejected as exc:

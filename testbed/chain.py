@@ -48,11 +48,14 @@ class ChainRuntime:
         return argv
 
     def switch_argv(self, ev: SwitchProtocol) -> list[str]:
+        from nodes.config import load_genesis
+
         target = ev.target or self.spec.validators[0]
         argv = [sys.executable, "-m", "nodes", "reconfig",
                 "--key", str(self.folder / "keys" / "twin.key"),
                 "--target", self.addresses[target], "--protocol", ev.protocol,
-                "--id", f"switch-{ev.at:g}-{ev.protocol}"]
+                "--id", f"switch-{ev.at:g}-{ev.protocol}",
+                "--chain-id", load_genesis(self.folder / "genesis.yaml").chain_id]
         if ev.height is not None:
             argv += ["--at", str(ev.height)]
         return argv

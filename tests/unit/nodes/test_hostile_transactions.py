@@ -97,3 +97,93 @@ def test_the_committed_set_forgets_what_no_block_can_repeat() -> None:
     s.forget_before(1000.0 + 100 + TX_PAST + TX_FUTURE - 30)  # block time, 30 s later
     assert len(s) == 3_001  # the last 30 s of ids and the reconfig
     assert "c\x1ft9999" in s and "c\x1ft0" not in s and "\x00reconfig:x" in s
+
+
+@pytest.mark.parametrize("case", ["a year old", "past height", "other chain"])
+def test_stale_or_foreign_switch_commands_are_refused(tmp_path: Path, case: str) -> None:
+    """Before: a switch issued a year earlier for a past height was accepted and applied
+    within ~7 blocks, and its signature did not cover the chain id."""
+    from nodes.reconfig import ReconfigCommand
+
+    write_genesis(tmp_path, 4, ports=free_ports(4), timing=FAST_TIMING)
+    genesis = load_genesis(tmp_path / "genesis.yaml")
+    twin = KeyPair.load(tmp_path / "keys" / "twin.key")
+
+    async def body() -> tuple[dict, list[str]]:
+        cluster = Cluster(tmp_path, genesis)
+        try:
+            await cluster.start()
+            await cluster.wait_height(5, 10)
+            now = time.time()
+            cmd = {"a year old": lambda: ReconfigCommand.create(
+                       twin, "s", "bigfoot", None, now - 365 * 86400),
+                   "past height": lambda: ReconfigCommand.create(twin, "s", "bigfoot", 2, now),
+                   "other chain": lambda: ReconfigCommand.create(
+                       twin, "s", "bigfoot", None, now, "another-chain")}[case]()
+            ack = cluster.nodes["v0"]._reconfig_ack(cmd.to_wire())
+            node = cluster.nodes["v0"]
+            await cluster.wait_height(node.ledger.height + 8, 15)
+            return ack, [b.protocol for b in node.ledger.iter_blocks()]
+        finally:
+            await cluster.stop()
+
+    ack, protocols = asyncio.run(asyncio.wait_for(body(), 60))
+    assert ack["ok"] is False and ack["reason"] in ("stale", "wrong_chain"), ack
+    assert set(protocols) == {"pbft"}
+
+
+def _ledger_after_a_run(tmp_path: Path) -> tuple[Path, object]:
+    write_genesis(tmp_path, 4, ports=free_ports(4), timing=FAST_TIMING)
+    genesis = load_genesis(tmp_path / "genesis.yaml")
+
+    async def body() -> None:
+        cluster = Cluster(tmp_path, genesis)
+        try:
+            await cluster.start()
+            cluster.submit(20)
+            await cluster.wait_height(8, 15)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 60))
+    return tmp_path / "data" / "v0" / "ledger.sqlite", genesis
+
+
+def _start_v0(tmp_path: Path, genesis: object) -> None:
+    from nodes.node import Node
+
+    Node("v0", genesis, KeyPair.load(tmp_path / "keys" / "v0.key"), tmp_path / "data" / "v0")
+
+
+def test_a_ledger_with_an_altered_block_signature_does_not_load(tmp_path: Path) -> None:
+    """Before: it loaded without complaint and would have been served to syncing peers."""
+    import json
+    import sqlite3
+
+    from nodes.ledger import LedgerError
+
+    path, genesis = _ledger_after_a_run(tmp_path)
+    con = sqlite3.connect(path)
+    raw = json.loads(con.execute("SELECT block FROM blocks WHERE height=5").fetchone()[0])
+    raw["sig"] = ("0" if raw["sig"][0] != "0" else "1") + raw["sig"][1:]
+    con.execute("UPDATE blocks SET block=? WHERE height=5", (json.dumps(raw),))
+    con.commit()
+    con.close()
+    with pytest.raises(LedgerError) as info:
+        _start_v0(tmp_path, genesis)
+    assert str(path) in str(info.value) and "block 5" in str(info.value)
+
+
+def test_a_damaged_ledger_file_is_named_in_a_clear_error(tmp_path: Path) -> None:
+    """Before: a raw sqlite3 traceback with no path."""
+    from nodes.ledger import LedgerError
+
+    path, genesis = _ledger_after_a_run(tmp_path)
+    for extra in ("-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    data = bytearray(path.read_bytes())
+    data[:100] = b"\xff" * 100  # the SQLite header
+    path.write_bytes(bytes(data))
+    with pytest.raises(LedgerError) as info:
+        _start_v0(tmp_path, genesis)
+    assert str(path) in str(info.value) and "not a readable ledger" in str(info.value)

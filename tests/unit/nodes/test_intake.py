@@ -57,7 +57,8 @@ def test_client_gets_reasons_and_forgeries_are_counted(tmp_path: Path) -> None:
                 (False, "unknown_client"),
                 (False, "malformed"),
             ]
-            bad_cmd = ReconfigCommand.create(KeyPair.generate(), "s", "bigfoot", None, 1.0)
+            bad_cmd = ReconfigCommand.create(KeyPair.generate(), "s", "bigfoot", None,
+                                             time.time())
             (ack,) = await _rpc(port, [{"t": "reconfig", "cmd": bad_cmd.to_wire()}], 1)
             assert ack["ok"] is False and ack["reason"] == "bad_signature"
 
