@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +28,7 @@ from nodes.crypto import KeyPair
 from nodes.genesis import write_genesis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nodes_throughput import ROOT, TIMING, free_ports  # noqa: E402
+from nodes_throughput import ROOT, TIMING, free_ports, stop_all  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -79,13 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             samples = asyncio.run(soak(folder, ports, [p.pid for p in procs], a.tps,
                                        a.minutes * 60, a.every))
         finally:
-            for p in procs:
-                os.killpg(p.pid, signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop_all(procs, 10.0)
     after = [(t, r) for t, r in samples if t >= a.warmup * 60]
     if len(after) < 3:
         print("too few samples after the warm-up for a slope")

@@ -82,6 +82,18 @@ async def _client(folder: Path, ports: list[int], tps: float, duration: float, s
     return await client.run()
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], wait: float = 5.0) -> None:
+    """SIGTERM each validator's process group, SIGKILL what is still there after `wait`."""
+    for p in procs:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def run_processes(n: int, tps: float, duration: float, size: int, keep: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="nodes-bench-") as tmp:
         folder = Path(tmp) if keep is None else keep / f"n{n}-{tps:.0f}"
@@ -111,14 +123,7 @@ def run_processes(n: int, tps: float, duration: float, size: int, keep: Path | N
             node_cpu = sum(proc_cpu(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
             client_cpu = self_cpu() - me0
         finally:
-            for p in procs:
-                os.killpg(p.pid, signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
+            stop_all(procs)
     return {**result.summary(), "node_cores": node_cpu / wall, "client_cores": client_cpu / wall}
 
 
