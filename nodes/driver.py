@@ -234,7 +234,7 @@ class AsyncDriver:
         except OSError as exc:  # the disk failed us: announce nothing, stay at this height
             self.hooks.log("error", {"what": "ledger flush", "detail": repr(exc)})
             return
-        self.ledger.durable_height = block.height
+        self.ledger.mark_durable(block.height)
         try:
             self.hooks.committed(block, cert, record)
             self.feed(Applied(block.height))

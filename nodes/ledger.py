@@ -77,6 +77,36 @@ class Ledger:
         self.flush()  # what an earlier process wrote and did not flush is durable now
         self.durable_height: int = self.height
         """The highest block known to be on disk (`height` may be ahead until `flush`)."""
+        self.lost: tuple[int, int] | None = None
+        """Blocks (first, last) an earlier run made durable that this file no longer has:
+        a cut or damaged write-ahead log (issue 18: it rolled back 1-7 blocks silently)."""
+        claimed = self._read_mark()
+        if claimed > self.height:
+            self.lost = (self.height + 1, claimed)
+        else:
+            self._write_mark(self.height)
+
+    @property
+    def _mark(self) -> Path:
+        return self.path.with_name(self.path.name + ".durable")
+
+    def _read_mark(self) -> int:
+        try:
+            return int(self._mark.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _write_mark(self, height: int) -> None:
+        """Written after the WAL's fsync: it may lag the file after an OS crash, never
+        lead it, so a mark above the ledger's height means blocks were lost."""
+        tmp = self._mark.with_suffix(".tmp")
+        tmp.write_text(str(height))
+        os.replace(tmp, self._mark)
+
+    def mark_durable(self, height: int) -> None:
+        """`flush` returned for everything up to `height`."""
+        self.durable_height = height
+        self._write_mark(height)
 
     def flush(self) -> None:
         """fsync the WAL: every block appended so far survives an OS crash. Touches only
@@ -144,7 +174,7 @@ class Ledger:
             self._vdb.execute("DELETE FROM votes WHERE height < ?", (block.height,))
         if sync:
             self.flush()
-            self.durable_height = block.height
+            self.mark_durable(block.height)
         return len(encoded)
 
     def set_record(self, height: int, record: dict[str, Any]) -> None:

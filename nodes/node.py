@@ -155,6 +155,13 @@ class Node:
         await self.transport.start(*self.listen)
         self.telemetry.start()
         self.telemetry.event("start", height=self.ledger.height, listen=list(self.listen))
+        if self.ledger.lost is not None:
+            first, last = self.ledger.lost
+            log.warning("%s: %s lost blocks %d-%d that an earlier run had made durable (cut "
+                        "or damaged write-ahead log); fetching them from peers", self.id,
+                        self.ledger.path, first, last)
+            self.telemetry.event("ledger_rollback", first=first, last=last,
+                                 path=str(self.ledger.path))
         self.driver.start()
         self._traffic_task = asyncio.get_running_loop().create_task(self._traffic())
 

@@ -187,3 +187,39 @@ def test_a_damaged_ledger_file_is_named_in_a_clear_error(tmp_path: Path) -> None
     with pytest.raises(LedgerError) as info:
         _start_v0(tmp_path, genesis)
     assert str(path) in str(info.value) and "not a readable ledger" in str(info.value)
+
+
+def test_a_cut_write_ahead_log_is_reported_not_silent(tmp_path: Path) -> None:
+    """Before: a cut WAL rolled the ledger back 1-7 blocks with no message."""
+    import shutil
+
+    from nodes.ledger import Ledger
+
+    write_genesis(tmp_path, 4, ports=free_ports(4), timing=FAST_TIMING)
+    genesis = load_genesis(tmp_path / "genesis.yaml")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    src = tmp_path / "data" / "v0" / "ledger.sqlite"
+
+    async def body() -> int:
+        cluster = Cluster(tmp_path, genesis)
+        try:
+            await cluster.start()
+            await cluster.wait_height(10, 15)
+            h = cluster.nodes["v0"].ledger.durable_height
+            for suffix in ("", "-wal", ".durable"):  # a copy taken while it runs
+                shutil.copy(f"{src}{suffix}", copy / f"ledger.sqlite{suffix}")
+            return h
+        finally:
+            await cluster.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 60))
+    wal = copy / "ledger.sqlite-wal"
+    wal.write_bytes(wal.read_bytes()[: wal.stat().st_size // 2])  # the cut
+    ledger = Ledger(copy / "ledger.sqlite", genesis.hash())
+    try:
+        claimed = int((copy / "ledger.sqlite.durable").read_text())
+        assert ledger.height < claimed, "the cut lost nothing: the test did not cut"
+        assert ledger.lost == (ledger.height + 1, claimed)
+    finally:
+        ledger.close()
