@@ -226,9 +226,8 @@ class WorkloadClient:
             self._note([f"s,{tx['id']},{res.submitted[tx['id']]:.6f}\n" for tx in batch])
         frame = encode({"t": "txs", "txs": batch})
         for i, writer in self._writers.items():
-            if writer is None or writer.is_closing():
-                self.skipped[self._name(i)] += 1
-            elif writer.transport.get_write_buffer_size() > self.max_backlog:
+            if (writer is None or writer.is_closing()
+                    or writer.transport.get_write_buffer_size() > self.max_backlog):
                 self.skipped[self._name(i)] += 1
             else:
                 writer.write(frame)

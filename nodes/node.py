@@ -40,11 +40,11 @@ from nodes.wire import CONSENSUS_KINDS, SYNC_KINDS, cert_from_wire, cert_to_wire
 log = logging.getLogger(__name__)
 
 COUNTED = {"stale_proposal": "stale_proposals", "reproposal": "reproposals"}
+"""Core logs that only bump a counter (the rest also go to telemetry)."""
 REJECT_RECORD_EVERY = 0.1
 """Seconds between two telemetry records of refused input of one kind (all counted)."""
 TRAFFIC_PERIOD = 2.0
 """Seconds between two telemetry records of bytes sent and received by message type."""
-"""Core logs that only bump a counter (the rest also go to telemetry)."""
 
 
 class Node:
@@ -295,15 +295,15 @@ class Node:
     def build_block(self, height: int, protocol: str | None = None,
                     now: float | None = None) -> Block:
         t = self.genesis.timing
+        at = time.time() if now is None else now
         return Block.create(
             self.key,
             height,
             self.ledger.tip_hash,
             protocol or self.protocol_at(height),
             self.id,
-            time.time() if now is None else now,
-            self.mempool.take(t.max_block_txs, t.max_block_bytes,
-                              time.time() if now is None else now),
+            at,
+            self.mempool.take(t.max_block_txs, t.max_block_bytes, at),
             self.mempool.take_reconfigs(),
             self.tip_cert,
             self.tip_record,

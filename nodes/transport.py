@@ -94,23 +94,16 @@ def encode(msg: dict[str, Any]) -> bytes:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """Next message, or None at a clean end of stream."""
-    got = await read_sized_frame(reader)
-    return None if got is None else got[0]
-
-
-async def read_sized_frame(reader: asyncio.StreamReader,
-                           max_frame: int = MAX_FRAME) -> tuple[dict[str, Any], int] | None:
-    """Next message and its size on the wire, or None at a clean end of stream."""
+    """Next message, or None at a clean end of stream (the client's reader; validators
+    read through `Transport._read_frame`, which adds the in-flight and time bounds)."""
     try:
         head = await reader.readexactly(4)
     except asyncio.IncompleteReadError:
         return None
     (size,) = _LEN.unpack(head)
-    if size > max_frame:
-        raise FrameError(f"frame of {size} bytes exceeds {max_frame}")
-    body = await reader.readexactly(size)
-    return decode_body(body), size + 4
+    if size > MAX_FRAME:
+        raise FrameError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+    return decode_body(await reader.readexactly(size))
 
 
 class Connection:
@@ -185,11 +178,6 @@ class PeerQueue:
 
     async def wait(self) -> None:
         await self._ready.wait()
-
-    def clear(self) -> None:
-        self._frames.clear()
-        self.bytes = 0
-        self._ready.clear()
 
 
 class _PeerLink:

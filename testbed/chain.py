@@ -83,16 +83,7 @@ def ledger_check(folder: Path) -> dict[str, Any]:
     Reads each validator's SQLite ledger (table `blocks(height, hash)`) read-only after
     the run; reports heights, the common prefix, and any height where two differ.
     """
-    import sqlite3
-
-    chains: dict[str, list[tuple[int, str]]] = {}
-    for db in sorted((folder / "data").glob("*/ledger.sqlite")):
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            chains[db.parent.name] = con.execute(
-                "SELECT height, hash FROM blocks ORDER BY height").fetchall()
-        finally:
-            con.close()
+    chains = _ledger_rows(folder, "SELECT height, hash FROM blocks ORDER BY height")
     forks = []
     by_height: dict[int, dict[str, str]] = {}
     for vid, chain in chains.items():
@@ -110,20 +101,25 @@ def ledger_check(folder: Path) -> dict[str, Any]:
             "gaps": {k: v for k, v in gaps.items() if v}}
 
 
-def committed_tx_ids(folder: Path) -> set[str]:
-    """Transaction ids in the longest validator ledger of the run (read-only)."""
+def _ledger_rows(folder: Path, query: str) -> dict[str, list[Any]]:
+    """validator -> rows of `query` over its SQLite ledger, opened read-only."""
     import sqlite3
 
-    best: list[str] = []
+    out: dict[str, list[Any]] = {}
     for db in sorted((folder / "data").glob("*/ledger.sqlite")):
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            rows = [r[0] for r in con.execute("SELECT block FROM blocks ORDER BY height")]
+            out[db.parent.name] = con.execute(query).fetchall()
         finally:
             con.close()
-        if len(rows) > len(best):
-            best = rows
-    return {tx["id"] for raw in best for tx in json.loads(raw).get("txs", [])}
+    return out
+
+
+def committed_tx_ids(folder: Path) -> set[str]:
+    """Transaction ids in the longest validator ledger of the run (read-only)."""
+    best = max(_ledger_rows(folder, "SELECT block FROM blocks ORDER BY height").values(),
+               key=len, default=[])
+    return {tx["id"] for (raw,) in best for tx in json.loads(raw).get("txs", [])}
 
 
 def blocks(folder: Path, validator: str = "v0") -> list[dict[str, Any]]:

@@ -20,7 +20,6 @@ table), so `chaintwin report` recomputes it.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,14 @@ FAULT_ACTIONS = ("crash", "restart", "partition", "heal", "host_down", "host_up"
 
 
 def commit_times(chain_dir: Path) -> dict[str, dict[int, float]]:
-    """validator -> height -> when it committed it (unix s; synced blocks too)."""
+    """validator -> height -> when it committed it first (unix s; synced blocks too)."""
+    from testbed.chain import blocks
+
     out: dict[str, dict[int, float]] = {}
     for path in sorted((chain_dir / "telemetry").glob("*.jsonl")):
         seen: dict[int, float] = {}
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            if ev.get("kind") == "block":
-                h = int(ev["record"]["height"])
-                seen.setdefault(h, float(ev["record"]["committed_at"]))
+        for b in blocks(chain_dir, path.stem):
+            seen.setdefault(int(b["height"]), float(b["committed_at"]))
         out[path.stem] = seen
     return out
 

@@ -40,15 +40,16 @@ The rules, all here (quorum and certificates in `quorum`/`values`, protocols in 
   height, a sync answer) sends no ROUND-CHANGE on a timeout: it asks for the blocks.
   The proposer of round r > 0 proposes once it holds q ROUND-CHANGEs for r.
 - Protocol switch at a height (`schedule`); each height runs one protocol's rules.
-- Out of window (`window`): a message for a past height is a peer lagging (answer with
-  blocks, rate-limited per peer and height, unless it is the normal tail of the last
-  height); for a later height within `heights_ahead` it is verified and kept, bounded,
-  and hints that we are behind (ask for blocks now if two heights ahead or a round
-  change, after `lag_grace` if a vote one height ahead); beyond the window it is
-  dropped; so are rounds beyond `rounds_ahead`.
+- Out of window (`window`): a message for a past height is a peer lagging (if it
+  verifies, answer with a hint of our tip, rate-limited per peer, unless it is the
+  normal tail of the last height); for a later height within `heights_ahead` it is
+  verified and kept, bounded, and hints that we are behind (ask for blocks now if two
+  heights ahead or a round change, after `lag_grace` if a vote one height ahead);
+  beyond the window it is dropped; so are rounds beyond `rounds_ahead`.
 - State transfer: blocks from a `SyncResponse` are committed one at a time, each only
-  with a valid certificate and acceptable content on our tip; requests are
-  rate-limited (`sync_interval`); we ask again while the peer's tip is ahead.
+  with a valid certificate and acceptable content on our tip; one request in flight, to
+  one peer, the next sent as soon as an answer says there is more (see "state
+  transfer" below); a request is served once, while fresh (`sync_fresh`).
 
 Issue 17 (liveness under faults) changes round synchronisation, back-off, catch-up and
 windows: here, and nowhere in the drivers.
@@ -285,6 +286,10 @@ class Core:
             else:
                 self._maybe_propose_after_rc()
 
+    def _floor(self) -> int:
+        """The lowest round we may still vote in: the one we asked for, else ours."""
+        return self.waiting if self.waiting is not None else self.round
+
     def _rs(self, round_: int) -> RoundState:
         rs = self.rounds.get(round_)
         if rs is None:
@@ -466,7 +471,7 @@ class Core:
         block = rs.proposal
         digest = block.digest
         r = rs.round
-        if self.waiting is not None and r < self.waiting:
+        if r < self._floor():
             return  # we asked to leave this round: no more votes in it
         if self.sent_votes.get((r, phase), digest) != digest:
             return  # never two different votes in one round, even across restarts
@@ -595,29 +600,26 @@ class Core:
             self._request_sync(self._lag_peer)
         elif ev.kind == SYNC_TIMER and self._sync_wait is not None:
             self._request_sync(None, urgent=True)  # unanswered: ask the next peer
-            self._arm_sync_timer()
+            if not any(k[0] == SYNC_TIMER for k in self.timers):
+                self._arm_sync_timer()  # not due yet (its answer time grew): wait on
 
     def _on_round_timeout(self, round_: int) -> None:
         h = self.height
         self._request_sync(None)
-        if any(t >= h for t in self._peer_tips.values()):
-            # This height is decided elsewhere (a verified message or answer from a later
-            # one): the blocks come by sync; a ROUND-CHANGE (it carries our locked block)
-            # would only load our link. (Issue 17: a validator behind a 3 Mbit/s link
-            # re-sent 120 KB round changes to six peers and buried its own uplink.)
-            self.timers[(ROUND_TIMER, h, round_)] = None
-            self.out.append(StartTimer(ROUND_TIMER, h, round_,
-                                       self.config.timeouts.round(round_ + 1)))
-            return
-        if self.waiting is None and self.is_validator:
+        # Decided elsewhere (a verified message or answer from a later height): the blocks
+        # come by sync; a ROUND-CHANGE (it carries our locked block) would only load our
+        # link. (Issue 17: a validator behind a 3 Mbit/s link re-sent 120 KB round changes
+        # to six peers and buried its own uplink.)
+        behind = any(t >= h for t in self._peer_tips.values())
+        if not behind and self.waiting is None and self.is_validator:
             self.rc_log.append((round_ + 1, self.now, "timeout"))
             self.out.append(Log("round_change", {"height": h, "round": round_ + 1,
                                                  "reason": "timeout"}))
             self._ask_round(round_ + 1)
-        elif self._my_rc is not None:
+        elif not behind and self._my_rc is not None:
             self.out.append(Broadcast(self._my_rc))  # still no certificate: say it again
         if self.round == round_ and self.height == h:  # not entered a round meanwhile
-            wanted = self.waiting if self.waiting is not None else round_ + 1
+            wanted = round_ + 1 if behind or self.waiting is None else self.waiting
             self.timers[(ROUND_TIMER, h, round_)] = None
             self.out.append(StartTimer(ROUND_TIMER, h, round_,
                                        self.config.timeouts.round(wanted)))
@@ -646,8 +648,7 @@ class Core:
 
     def _check_certificate(self, round_: int) -> None:
         """Enter `round_` if we hold q ROUND-CHANGEs for it and may vote there."""
-        w = self.waiting
-        if round_ <= self.round or (w is not None and round_ < w):
+        if round_ <= self.round or round_ < self._floor():
             return
         if len(self.rcs.get(round_, ())) < self.quorum:
             return
@@ -670,7 +671,7 @@ class Core:
                 self._reject("rc", f"from {sender}: {exc}")
                 return
         self.rcs.setdefault(r, {})[sender] = rc
-        floor = self.waiting if self.waiting is not None else self.round
+        floor = self._floor()
         if r > self.round:
             self._check_certificate(r)
         if self.height != rc.height or self.applying is not None:
@@ -698,8 +699,7 @@ class Core:
         """`peer` asks for round r, below ours: send it our ROUND-CHANGE for r (if we sent
         one) and our latest, at most once per base timeout per peer and round: what it
         missed of a certificate."""
-        floor = self.waiting if self.waiting is not None else self.round
-        if r >= floor or _rate_limited(self._echoed, (peer, r), self.now,
+        if r >= self._floor() or _rate_limited(self._echoed, (peer, r), self.now,
                                        self.config.timeouts.base):
             return
         mine = self.rcs.get(r, {}).get(self.me)
@@ -711,12 +711,12 @@ class Core:
     # ---- state transfer ---------------------------------------------------------------
     # Pull, one request in flight (issue 17: pushed batches from every peer, and a
     # request to all peers every 0.25 s, buried a validator behind a 3 Mbit/s link under
-    # copies of the same blocks). A lagging validator asks ONE peer, the one known to be
-    # furthest ahead (else the next in turn), for blocks from its next height; the answer
-    # is bounded in blocks and bytes; when it says there is more, the next request goes
-    # at once, so a thin link carries each block once, back to back. An unanswered
-    # request is given up after `sync_timeout` and the next peer is asked. A validator
-    # that sees a peer working on a height it committed sends it only a hint (its tip).
+    # copies of the same blocks). A lagging validator asks ONE peer, the fastest of those
+    # known to have its next block (`_sync_target`), for blocks from that height; the
+    # answer is bounded in blocks and bytes; when it says there is more, the next request
+    # goes at once, so a thin link carries each block once, back to back. An unanswered
+    # request is given up (`_sync_give_up`) and the next peer is asked. A validator that
+    # sees a peer working on a height it committed sends it only a hint (its tip).
     def _next_needed(self) -> int:
         return self.tip_height + 1 + len(self._pending_sync) + (self.applying is not None)
 
@@ -831,8 +831,7 @@ class Core:
         self._saw_tip(sender, resp.tip)
         wait = self._sync_wait
         answered = wait is not None and wait[0] == sender
-        if answered:
-            assert wait is not None
+        if wait is not None and answered:
             sample = self.now - wait[1]
             rtt = self._sync_rtt
             self._sync_rtt = sample if rtt is None else 0.75 * rtt + 0.25 * sample

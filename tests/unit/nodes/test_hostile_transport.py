@@ -32,6 +32,25 @@ async def _closed(reader: asyncio.StreamReader, within: float = 5.0) -> bool:
         return False
 
 
+def _one_bad_frame(tmp_path: Path, data: bytes) -> Any:
+    """Send `data` to v0 on a fresh connection: the node must close it and commit on.
+    Returns v0's transport (its counters) once the cluster has stopped."""
+    async def body() -> Any:
+        cluster, v = await _cluster(tmp_path)
+        try:
+            r, w = await asyncio.open_connection(v.host, v.port)
+            w.write(data)
+            await w.drain()
+            assert await _closed(r)
+            node = cluster.nodes["v0"]
+            await cluster.wait_height(node.ledger.height + 3, 10)
+            return node.transport
+        finally:
+            await cluster.stop()
+
+    return _run(body)
+
+
 def _run(body: Any) -> Any:
     errors: list[Any] = []
 
@@ -45,19 +64,8 @@ def _run(body: Any) -> Any:
 
 
 def test_a_frame_longer_than_any_legal_message_is_refused_at_its_header(tmp_path: Path) -> None:
-    async def body() -> None:
-        cluster, v = await _cluster(tmp_path)
-        try:
-            r, w = await asyncio.open_connection(v.host, v.port)
-            w.write(struct.pack(">I", transport.MAX_FRAME + 1) + b"{")
-            await w.drain()
-            assert await _closed(r)
-            assert cluster.nodes["v0"].transport.refused["frame too big"] == 1
-            await cluster.wait_height(cluster.nodes["v0"].ledger.height + 3, 10)
-        finally:
-            await cluster.stop()
-
-    _run(body)
+    got = _one_bad_frame(tmp_path, struct.pack(">I", transport.MAX_FRAME + 1) + b"{")
+    assert got.refused["frame too big"] == 1
 
 
 def test_unfinished_frames_are_bounded_in_bytes_all_together(tmp_path: Path) -> None:
@@ -93,19 +101,8 @@ def test_unfinished_frames_are_bounded_in_bytes_all_together(tmp_path: Path) -> 
 def test_undecodable_frames_close_the_connection_not_the_task(tmp_path: Path,
                                                                body_bytes: bytes) -> None:
     """Before: the first two escaped the frame reader as unhandled task exceptions."""
-    async def body() -> None:
-        cluster, v = await _cluster(tmp_path)
-        try:
-            r, w = await asyncio.open_connection(v.host, v.port)
-            w.write(struct.pack(">I", len(body_bytes)) + body_bytes)
-            await w.drain()
-            assert await _closed(r)
-            assert cluster.nodes["v0"].transport.frame_errors == 1
-            await cluster.wait_height(cluster.nodes["v0"].ledger.height + 3, 10)
-        finally:
-            await cluster.stop()
-
-    _run(body)
+    got = _one_bad_frame(tmp_path, struct.pack(">I", len(body_bytes)) + body_bytes)
+    assert got.frame_errors == 1
 
 
 def test_connections_beyond_the_cap_are_refused_and_commits_go_on(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ def _telemetry(folder: Path, vid: str, times: dict[int, float]) -> None:
     with open(tel / f"{vid}.jsonl", "w") as fh:
         for h, t in times.items():
             fh.write(json.dumps({"kind": "block", "t": t, "record": {
-                "height": h, "committed_at": t}}) + "\n")
+                "height": h, "committed_at": t, "protocol": "pbft", "round": 0,
+                "tx_count": 1}}) + "\n")
         fh.write('{"kind": "block", "t": 1')  # cut short by a kill: ignored
 
 
