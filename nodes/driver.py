@@ -42,6 +42,7 @@ from nodes.consensus.events import (
 from nodes.consensus.messages import Certificate, SyncResponse, Vote
 from nodes.consensus.ports import Authenticator, BlockRules
 from nodes.ledger import Ledger, encode_block
+from nodes.transport import encode as encode_frame
 from nodes.wire import DecodeError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,14 @@ SERVE_BACKLOG = 64 * 1024
 """A sync request is not served while this much is already queued for the asker: our
 link to it is the bottleneck, the answer would wait behind it and add to the queue; it
 gives up and asks a faster peer."""
+
+SERVE_BUDGET = 4 * 1024 * 1024
+"""Bytes of sync answers per second one asker may draw from us (a token bucket of
+`SERVE_BURST`, charged with each answer's encoded size): an authenticated but faulty
+validator can make us send at most this, plus one answer, per second. 4 MiB/s is what
+the core's own pacing (an answer per `sync_interval / 4`, 256 KB each) already allows
+an honest laggard, so catch-up is not slowed (issue 18)."""
+SERVE_BURST = 1024 * 1024
 
 
 def core_config(timing: Any, log_votes: bool = True) -> CoreConfig:
@@ -128,6 +137,8 @@ class AsyncDriver:
         self._encoded: tuple[str, str] | None = None
         self._flushing: asyncio.Task[None] | None = None
         self.stopped = False
+        self._serve_tokens: dict[str, tuple[float, float]] = {}
+        """Per asker: (bytes it may still draw, when that was computed)."""
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -247,10 +258,20 @@ class AsyncDriver:
             self.hooks.log("dropped", {"reason": "sync answer: link to asker busy",
                                        "from": peer})
             return
+        now = self.clock()
+        tokens, then = self._serve_tokens.get(peer, (SERVE_BURST, now))
+        tokens = min(SERVE_BURST, tokens + max(0.0, now - then) * SERVE_BUDGET)
+        if limit > 0 and tokens <= 0:
+            self._serve_tokens[peer] = (tokens, now)
+            self.hooks.log("dropped", {"reason": "sync answer: asker's byte budget spent",
+                                       "from": peer})
+            return
         rows = self.ledger.get_raw(start, limit, max_bytes) if limit > 0 else []
         tip = self.ledger.durable_height
         digests = tuple(str(b["hash"]) for b, _ in rows)
         msg: dict[str, Any] = {"t": "sync_resp", "from": self.me,
                                "blocks": [[b, c] for b, c in rows], "tip": tip}
         msg["sig"] = self.auth.sign(SyncResponse(self.me, (), tip, "", digests))
-        self.transport.send(peer, msg)
+        frame = encode_frame(msg)
+        self._serve_tokens[peer] = (tokens - len(frame), now)  # may go below 0 once
+        self.transport.send(peer, msg, frame)

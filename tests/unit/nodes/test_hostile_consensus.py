@@ -84,6 +84,48 @@ def test_a_replayed_sync_request_is_served_once(tmp_path: Path) -> None:
     assert total == once, f"replays were served: {total} bytes after the first {once}"
 
 
+def test_one_asker_draws_at_most_its_byte_budget_per_second(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """A validator's key in hostile hands: fresh, signed sync requests as fast as the
+    core lets them through are served up to the per-asker byte budget, no more. Before:
+    16 answers a second, whatever they weighed (1.2 MB in 2 s here; 0.2 MB after)."""
+    from nodes import driver
+
+    monkeypatch.setattr(driver, "SERVE_BUDGET", 64 * 1024, raising=False)
+    monkeypatch.setattr(driver, "SERVE_BURST", 64 * 1024, raising=False)
+
+    async def body() -> tuple[int, int, float]:
+        genesis = make_genesis(tmp_path, 4, "pbft")
+        cluster = Cluster(tmp_path, genesis)
+        try:
+            await cluster.start()
+            await cluster.wait_height(15, 20)
+            key = KeyPair.load(tmp_path / "keys" / "v1.key")
+            v0 = genesis.validators[0]
+            _, w = await asyncio.open_connection(v0.host, v0.port)
+            clock = cluster.nodes["v0"].driver.clock
+            before = _sync_out(cluster, "v0")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            answers = 0
+            while loop.time() - t0 < 2.0:
+                req = SyncRequest("v1", 1, clock())
+                w.write(encode(wire_encode(SyncRequest("v1", 1, req.at,
+                                                       key.sign(signed_bytes(req))))))
+                await w.drain()
+                await asyncio.sleep(0.02)
+                answers += 1
+            await asyncio.sleep(0.3)
+            return answers, _sync_out(cluster, "v0") - before, loop.time() - t0
+        finally:
+            await cluster.stop()
+
+    asked, out, seconds = asyncio.run(asyncio.wait_for(body(), 60))
+    one_answer = 100 * 1024  # an answer of this idle chain weighs ~40 KB
+    bound = 64 * 1024 + 64 * 1024 * seconds + one_answer
+    assert 0 < out <= bound, f"{out} bytes served for {asked} requests in {seconds:.1f} s"
+
+
 def test_unsigned_votes_create_no_round_state() -> None:
     """Before: unsigned prepares created round state before the signature check (200k:
     +73 MB)."""
