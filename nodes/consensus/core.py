@@ -18,7 +18,8 @@ The rules, all here (quorum and certificates in `quorum`/`values`, protocols in 
   (the validator moves there); above round 0 only with q valid ROUND-CHANGEs whose
   forced value (`values.select_value`) it carries. Content is the `BlockRules`' check.
   The validator then PREPAREs, at most one digest per (round, phase), also across
-  restarts (votes are persisted before they are sent and restored on start).
+  restarts (votes are persisted before they are sent and restored on start; so is a
+  ROUND-CHANGE's round: a restarted validator votes in no round below one it asked for).
 - Commit rules: the protocol's rules object says when to COMMIT or commit on PREPAREs;
   q COMMITs for the proposal of any round commit it. COMMITs without the proposal mean
   it committed elsewhere: ask for the blocks.
@@ -246,9 +247,13 @@ class Core:
         self.waiting = None
         self._my_rc = None
         self._echoed = {}
+        left = 0
         if self._restored:
             for vote, block in self._restored:
                 if vote.height != height:
+                    continue
+                if vote.phase == "rc":  # we asked to leave for this round before a restart
+                    left = max(left, vote.round)
                     continue
                 self.sent_votes[(vote.round, vote.phase)] = vote.digest
                 if vote.phase == "prepare" and block is not None and (
@@ -260,6 +265,8 @@ class Core:
             self.protocol = rules_for(name)
             out.append(Log("switch", {"height": height, "protocol": name}))
         self._start_round(0)
+        if left:
+            self._ask_round(left)  # bound by it: no vote below it; say it again
         for msg in self.buffer.take(height):
             if self.height != height or self.applying is not None:
                 break  # committed meanwhile: the rest is stale
@@ -300,6 +307,7 @@ class Core:
     def _on_batch_ready(self, ev: BatchReady) -> None:
         h = self.height
         if (ev.height != h or self.applying is not None or self.round != 0
+                or self.waiting is not None  # the batch came after we left round 0
                 or not self.is_validator or self.c.proposer(h, 0) != self.me
                 or self._rs(0).proposed):
             return
@@ -642,6 +650,7 @@ class Core:
             rc = RoundChange(self.height, round_, self.me, prepared, voted, sig)
         self.waiting = round_
         self._my_rc = rc
+        self.out.append(PersistVote(Vote("rc", self.height, round_, self.me, "", rc.sig)))
         self.out.append(Broadcast(rc))
         self.rcs.setdefault(round_, {})[self.me] = rc
         self._check_certificate(round_)

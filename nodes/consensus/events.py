@@ -138,7 +138,8 @@ class WantBatch(_Immutable):
 
 @dataclass(frozen=True, slots=True)
 class PersistVote(_Immutable):
-    """Store this vote (with the block for a PREPARE) so a restart never votes twice."""
+    """Store this vote (with the block for a PREPARE) so a restart never votes twice;
+    phase 'rc' (digest "") is the round of a ROUND-CHANGE we sent: never vote below it."""
 
     vote: Vote
     block: Any = None

@@ -24,6 +24,7 @@ from nodes.consensus.events import (
     Broadcast,
     Commit,
     Log,
+    PersistVote,
     RequestSync,
     Start,
     StartTimer,
@@ -263,6 +264,27 @@ def test_a_restarted_validator_is_bound_by_its_votes() -> None:
     other = make_core(0, votes=[(Vote("prepare", 1, 0, 0, mine.digest), mine)])
     out = other.handle(Proposal(1, 0, 1, block(1, 1, tag="other")), 1.0)
     assert any("before a restart" in d["detail"] for d in logs(out, "reject"))
+
+
+def test_a_restarted_validator_does_not_vote_in_a_round_it_left() -> None:
+    """Before: the ROUND-CHANGE was not persisted, so a validator killed after asking to
+    leave round 0 voted there again once restarted: with f faulty validators and the
+    ones still in round 0, a second quorum while round 1 was justified without it."""
+    c = make_core(0)
+    out = c.handle(TimerFired("round", 1, 0), 3.0)  # round 0 times out: ROUND-CHANGE(1)
+    kept = [e.vote for e in of(out, PersistVote) if e.vote.phase == "rc"]
+    assert [v.round for v in kept] == [1]
+    i_persist, i_send = (next(i for i, e in enumerate(out) if isinstance(e, t))
+                         for t in (PersistVote, Broadcast))
+    assert i_persist < i_send  # stored before it is said
+
+    again = make_core(0, votes=[(v, None) for v in kept])
+    assert again.waiting == 1 and again._my_rc is not None and again._my_rc.round == 1
+    out = again.handle(Proposal(1, 0, 1, block()), 3.5)
+    assert not [e for e in of(out, Broadcast) if isinstance(e.msg, Vote)]
+    for v in (1, 2):  # a certificate for round 1 still takes it there
+        again.handle(RoundChange(1, 1, v, None, None), 3.6)
+    assert again.round == 1
 
 
 def test_an_observer_follows_but_never_votes() -> None:
