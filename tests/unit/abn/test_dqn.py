@@ -56,6 +56,34 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return agent.save(tmp_path_factory.mktemp("policy") / "dqn")
 
 
+def test_the_target_net_is_fixed_between_updates() -> None:
+    """Fixed Q-targets: target_net changes only every `target_update` train steps, and
+    then becomes a copy of eval_net."""
+    from abn.dqn import DQNAgent, DQNSettings
+
+    agent = DQNAgent(6, 3, DQNSettings(target_update=4, batch_size=8, learning_rate=0.01),
+                     seed=3, jit_compile=False)
+    rng = np.random.default_rng(0)
+    for _ in range(64):
+        agent.replay.add(rng.normal(size=6), int(rng.integers(3)), float(rng.normal()),
+                         rng.normal(size=6), False)
+
+    def weights(net: object) -> list[np.ndarray]:
+        return [np.array(w.numpy()) for w in net.weights]  # type: ignore[attr-defined]
+
+    held = weights(agent.target_net)
+    for step in range(1, 13):
+        agent.train_batch(agent.replay.sample_packed(agent.rng, 8), np.zeros(6, np.float32))
+        now = weights(agent.target_net)
+        if step % 4:
+            assert all(np.array_equal(a, b) for a, b in zip(held, now, strict=True)), step
+        else:
+            assert not all(np.array_equal(a, b) for a, b in zip(held, now, strict=True))
+            assert all(np.array_equal(a, b) for a, b in
+                       zip(now, weights(agent.eval_net), strict=True))
+            held = now
+
+
 def test_save_and_load_give_identical_q_values(saved: Path) -> None:
     from abn.dqn import DQNAgent
 
