@@ -1,8 +1,9 @@
 """Issue 17's combined fault, in process: n = 7, one validator behind a thin long link
-(3 Mbit/s serialised per link, 75 ms one way), another cut off for 5 s. Commits go on
-during the cut, resume within two round timeouts of the heal, and the thin-link
-validator keeps up. (In Mininet the same fault stopped the chain; this model has no
-TCP, which is where the next step looks: see the issue 17 note.)"""
+(one 3 Mbit/s access link shared by all its peers in each direction, as in Mininet;
+75 ms one way), another cut off for 5 s. Commits go on during the cut, resume within
+two round timeouts of the heal, and the thin-link validator keeps up. (In Mininet the
+thin-link validator still falls behind after the heal in most runs; this model has no
+TCP, which is where the difference must be: see the issue 17 note.)"""
 
 from __future__ import annotations
 
@@ -22,15 +23,16 @@ ROUND_TIMEOUT = 1.0
 
 def test_commits_continue_through_a_cut_and_resume_after_it(tmp_path: Path) -> None:
     t0: list[float] = []
-    busy: dict[tuple[str, str], float] = {}
+    busy: dict[str, float] = {}
 
     def delay(src: str, dst: str, msg: dict[str, Any]) -> float:
         now = time.time()
         if t0 and t0[0] + CUT_AT <= now < t0[0] + CUT_AT + CUT_FOR and "v5" in (src, dst):
             return 1e6  # cut off: never delivered
-        if "v6" in (src, dst):
-            start = max(now, busy.get((src, dst), now))
-            busy[(src, dst)] = done = start + len(json.dumps(msg)) / THIN_BYTES_PER_S
+        if "v6" in (src, dst):  # one access link, shared by all its peers, each way
+            way = "in" if dst == "v6" else "out"
+            start = max(now, busy.get(way, now))
+            busy[way] = done = start + len(json.dumps(msg)) / THIN_BYTES_PER_S
             return done - now + 0.075
         return 0.002
 
