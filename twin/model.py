@@ -168,6 +168,8 @@ class ChainModel:
         self._gen = 0
         self._cost_of: Any = None
         self._cost = (0, 0.0)
+        self._blocked = scenario.blocked_at(0.0)
+        """(src, dst) pairs cut off now (cut nodes, partitions): their messages are lost."""
         self.nodes = [SimNode(self, i, i < m) for i in range(k)]
         self._schedule_world(scenario, after=-1.0)
         offline = scenario.offline_at(0.0)
@@ -188,6 +190,8 @@ class ChainModel:
                     tip.digest if tip is not None else None, node.votes)
 
     def delay(self, src: int, dst: int, msg: Any) -> float | None:
+        if self._blocked and (src, dst) in self._blocked:
+            return None
         if msg is not self._cost_of:  # a broadcast asks once per destination
             self._cost_of = msg
             self._cost = self._wire_cost(msg)
@@ -285,7 +289,12 @@ class ChainModel:
         for iv in scenario.intervals:
             if iv.start > after and iv.start > 0:
                 k.schedule(iv.start, PRIO_WORLD, self._apply_interval, gen, iv)
+        for t in scenario.link_changes():
+            if t > after and t > 0:
+                k.schedule(t, PRIO_WORLD, self._refresh_links, gen, t)
         for o in scenario.outages:
+            if o.kind != "crash":
+                continue
             if o.start > after and o.start > 0:
                 k.schedule(o.start, PRIO_WORLD, self._set_up, gen, o.node, False)
             if o.end > after and o.end > 0 and o.end < scenario.duration:
@@ -295,6 +304,10 @@ class ChainModel:
         if gen == self._gen:
             self.current = iv
             self.net.set_speeds(iv.link_mbps)
+
+    def _refresh_links(self, gen: int, t: float) -> None:
+        if gen == self._gen:
+            self._blocked = self.scenario.blocked_at(t)
 
     def _set_up(self, gen: int, node: int, up: bool) -> None:
         if gen != self._gen or self.nodes[node].up == up:
@@ -384,6 +397,7 @@ class ChainModel:
         iv = scenario.interval_at(now)
         self.current = iv
         self.net.set_speeds(iv.link_mbps)
+        self._blocked = scenario.blocked_at(now)
         offline = scenario.offline_at(now)
         for n in self.nodes:
             if n.up and n.idx in offline:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -35,7 +35,23 @@ class Interval:
 
 @dataclass(frozen=True)
 class Outage:
+    """A node out of the chain for [start, end). `crash`: its process dies (in-flight
+    state lost; it restarts from its ledger and persisted votes, as the emulator's
+    `crash`/`restart`); `cut`: its network is cut and its process runs on (timers,
+    round changes), as `host_down`/`host_up`."""
+
     node: int
+    start: float
+    end: float
+    kind: Literal["crash", "cut"] = "crash"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """For [start, end) nodes in different groups stop hearing each other; nodes in no
+    group still reach everyone (the emulator's `partition` ... `heal`)."""
+
+    groups: tuple[tuple[int, ...], ...]
     start: float
     end: float
 
@@ -50,6 +66,19 @@ class Scenario:
     """Per-node one-way propagation latency; a link's delay is the sum of its two ends."""
     intervals: tuple[Interval, ...]
     outages: tuple[Outage, ...] = ()
+    partitions: tuple[Partition, ...] = ()
+
+    def __post_init__(self) -> None:
+        for o in self.outages:
+            if not 0 <= o.node < self.n_nodes or o.end < o.start or o.kind not in ("crash", "cut"):
+                raise ValueError(f"scenario {self.name!r}: bad outage {o} "
+                                 f"(nodes 0..{self.n_nodes - 1}, start <= end, crash|cut)")
+        for p in self.partitions:
+            seen = [i for g in p.groups for i in g]
+            if (len(p.groups) < 2 or not all(p.groups) or len(seen) != len(set(seen))
+                    or not all(0 <= i < self.n_nodes for i in seen) or p.end < p.start):
+                raise ValueError(f"scenario {self.name!r}: bad partition {p} (two or more "
+                                 "non-empty disjoint groups of node indices, start <= end)")
 
     def interval_at(self, t: float) -> Interval:
         for iv in self.intervals:
@@ -58,7 +87,30 @@ class Scenario:
         return self.intervals[-1]
 
     def offline_at(self, t: float) -> set[int]:
-        return {o.node for o in self.outages if o.start <= t < o.end}
+        """Nodes whose process is down at t (crashed)."""
+        return {o.node for o in self.outages if o.kind == "crash" and o.start <= t < o.end}
+
+    def blocked_at(self, t: float) -> frozenset[tuple[int, int]]:
+        """Ordered (src, dst) pairs whose messages are lost at t: cut nodes' links, and
+        links across the groups of a partition."""
+        out: set[tuple[int, int]] = set()
+        everyone = range(self.n_nodes)
+        for o in self.outages:
+            if o.kind == "cut" and o.start <= t < o.end:
+                out.update((o.node, j) for j in everyone if j != o.node)
+                out.update((j, o.node) for j in everyone if j != o.node)
+        for p in self.partitions:
+            if p.start <= t < p.end:
+                for a in p.groups:
+                    for b in p.groups:
+                        if a is not b:
+                            out.update((i, j) for i in a for j in b)
+        return frozenset(out)
+
+    def link_changes(self) -> list[float]:
+        """Times at which `blocked_at` may change."""
+        return sorted({x for o in self.outages if o.kind == "cut" for x in (o.start, o.end)}
+                      | {x for p in self.partitions for x in (p.start, p.end)})
 
     def tx_stream(self) -> TxStream:
         """The scenario's transactions, drawn reproducibly from its seed."""
@@ -80,6 +132,9 @@ class Scenario:
             intervals=tuple(Interval(iv["start"], iv["end"], iv["tps"], iv["tx_size"],
                                      tuple(iv["link_mbps"])) for iv in d["intervals"]),
             outages=tuple(Outage(**o) for o in d.get("outages", ())),
+            partitions=tuple(Partition(tuple(tuple(int(i) for i in g) for g in p["groups"]),
+                                       float(p["start"]), float(p["end"]))
+                             for p in d.get("partitions", ())),
         )
 
     def save(self, path: Path) -> None:

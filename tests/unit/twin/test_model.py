@@ -7,7 +7,7 @@ import pytest
 
 from nodes.sensor import BlockSensorRecord
 from twin.model import ChainModel, ModelConfig, ProtocolSwitch
-from twin.scenarios import Interval, Outage, Scenario, load_workload
+from twin.scenarios import Interval, Outage, Partition, Scenario, load_workload
 
 GOLDEN = Path(__file__).parent / "golden"
 D = 0.010  # one-way latency per node: a message takes 2 * D between two nodes
@@ -164,3 +164,59 @@ def test_clone_is_independent():
     assert m.now == 50.0 and len(c.chain) > len(m.chain)
     m.run_until(100.0)
     assert [b.id for b in m.chain] == [b.id for b in c.chain]
+
+
+# ---- faults the emulator has (issue 17): network cuts and partitions ------------------------
+def _heights(m):
+    return [n.tip_height for n in m.nodes]
+
+
+def test_a_partition_stops_the_minority_and_heals():
+    part = Partition(((0, 1), (2, 3, 4, 5, 6)), 2.0, 6.0)  # n = 7: q = 5, f = 2
+    sc = flat(n=7, duration=12.0)
+    m = ChainModel(Scenario(sc.name, sc.seed, 7, 12.0, sc.latency_ms, sc.intervals, (),
+                            (part,)), bare(round_timeout=1.0), "pbft")
+    m.run_until(2.5)
+    before = _heights(m)
+    m.run_until(5.9)
+    during = _heights(m)
+    assert during[0] <= before[0] + 1 and during[1] <= before[1] + 1  # no quorum: at most
+    assert min(during[2:]) >= before[2] + 2  # the one in flight; the majority goes on
+    m.run_until(12.0)
+    after = _heights(m)
+    assert max(after) - min(after) <= 1 and min(after) > max(during), (during, after)
+    assert not m.violations
+
+
+def test_a_cut_node_keeps_its_process_and_catches_up():
+    sc = flat(n=4, duration=12.0, outages=[Outage(3, 2.0, 6.0, "cut")])
+    m = ChainModel(sc, bare(round_timeout=1.0), "pbft")
+    m.run_until(2.5)
+    epoch, frozen = m.nodes[3].epoch, m.nodes[3].tip_height
+    m.run_until(5.9)
+    assert m.nodes[3].up and m.nodes[3].epoch == epoch  # not restarted: only unreachable
+    assert m.nodes[3].tip_height <= frozen + 1 < m.nodes[0].tip_height
+    m.run_until(12.0)
+    assert max(_heights(m)) - m.nodes[3].tip_height <= 1
+    assert not m.violations
+
+
+def test_fault_scenarios_round_trip_and_bad_ones_are_named(tmp_path):
+    sc = flat(n=5, outages=[Outage(1, 1.0, 2.0, "cut"), Outage(2, 3.0, 4.0)])
+    sc = Scenario(sc.name, sc.seed, 5, sc.duration, sc.latency_ms, sc.intervals, sc.outages,
+                  (Partition(((0,), (3, 4)), 5.0, 6.0),))
+    sc.save(tmp_path / "s.json")
+    assert Scenario.load(tmp_path / "s.json") == sc
+    old = json.loads((tmp_path / "s.json").read_text())
+    del old["partitions"]
+    for o in old["outages"]:
+        del o["kind"]
+    assert all(o.kind == "crash" for o in Scenario.from_dict(old).outages)  # older files
+    assert sc.blocked_at(5.5) == {(0, 3), (0, 4), (3, 0), (4, 0)}
+    assert sc.offline_at(1.5) == set() and sc.offline_at(3.5) == {2}
+    with pytest.raises(ValueError, match="bad partition"):
+        Scenario(sc.name, sc.seed, 5, sc.duration, sc.latency_ms, sc.intervals, (),
+                 (Partition(((0, 1), (1, 2)), 0.0, 1.0),))
+    with pytest.raises(ValueError, match="bad outage"):
+        Scenario(sc.name, sc.seed, 5, sc.duration, sc.latency_ms, sc.intervals,
+                 (Outage(7, 0.0, 1.0),))
