@@ -128,6 +128,11 @@ class NodeConfig(_Strict):
     twin_endpoint: str | None = Field(
         default=None, pattern=r"^[^:]+:\d+$", description="'host:port'."
     )
+    tcp_congestion: str | None = Field(
+        default=None, pattern=r"^[a-z0-9_]{1,15}$",
+        description="Congestion control of this node's TCP sockets (TCP_CONGESTION), e.g. "
+        "'bbr' or 'abn'; default: its network namespace's.",
+    )
 
 
 def _load_mapping(path: Path) -> dict:

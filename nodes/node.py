@@ -33,7 +33,7 @@ from nodes.mempool import Mempool, reconfig_key
 from nodes.reconfig import ReconfigCommand
 from nodes.sensor import BlockSensorRecord, RoundChange, VoteTiming
 from nodes.telemetry import Telemetry
-from nodes.transport import Connection, DelayFn, Transport
+from nodes.transport import Connection, DelayFn, Transport, check_congestion
 from nodes.tx import Transaction, TxRejected
 from nodes.wire import CONSENSUS_KINDS, SYNC_KINDS, cert_from_wire, cert_to_wire, message_bytes
 
@@ -60,6 +60,7 @@ class Node:
         twin_endpoint: str | None = None,
         delay: DelayFn | None = None,
         mempool_capacity: int = 50_000,
+        tcp_congestion: str | None = None,
     ) -> None:
         entries = {v.id: v for v in genesis.validators}
         if node_id not in entries:
@@ -82,7 +83,10 @@ class Node:
         self.mempool = Mempool(mempool_capacity)
         self.ledger = Ledger(Path(data_dir) / "ledger.sqlite", genesis.hash())
         self.telemetry = Telemetry(node_id, telemetry_path, twin_endpoint, log_votes=True)
-        self.transport = Transport(node_id, addr, self._on_frame, delay)
+        if tcp_congestion:
+            check_congestion(tcp_congestion)  # a clear error now, not failed connections
+        self.transport = Transport(node_id, addr, self._on_frame, delay,
+                                   congestion=tcp_congestion)
         self.auth = WireAuth(key, self.validator_keys, self.verifier)
         self.committee = Committee(self.validators, self.auth)
         self.blocks = NodeBlocks(self)
@@ -124,6 +128,7 @@ class Node:
             cfg.twin_endpoint,
             delay,
             cfg.mempool_capacity,
+            cfg.tcp_congestion,
         )
 
     def _recover(self, config: Any) -> Schedule:

@@ -39,6 +39,7 @@ import struct
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -123,14 +124,31 @@ class Connection:
 Handler = Callable[[dict[str, Any], Connection], Awaitable[None] | None]
 
 
-def tune_socket(writer: asyncio.StreamWriter, user_timeout_ms: int = USER_TIMEOUT_MS) -> None:
-    """Small unsent backlog in the kernel; give up on a peer that acknowledges nothing."""
+def tune_socket(writer: asyncio.StreamWriter, user_timeout_ms: int = USER_TIMEOUT_MS,
+                congestion: str | None = None) -> None:
+    """Small unsent backlog in the kernel; give up on a peer that acknowledges nothing;
+    the congestion control asked for (checked at start by `check_congestion`)."""
     sock = writer.get_extra_info("socket")
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+        if congestion:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+
+
+def check_congestion(name: str) -> None:
+    """Raise ValueError naming `name` if this namespace cannot give a socket it."""
+    with socket.socket() as s:
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+        except OSError as exc:
+            avail = "?"
+            with contextlib.suppress(OSError):
+                avail = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text()
+            raise ValueError(f"tcp_congestion {name!r} is not available here ({exc.strerror}); "
+                             f"available: {avail.strip()}") from exc
 
 
 class PeerQueue:
@@ -202,9 +220,12 @@ class Transport:
         max_inflight: int = MAX_INFLIGHT,
         max_conns: int = MAX_CONNS,
         max_conns_per_ip: int = MAX_CONNS_PER_IP,
+        congestion: str | None = None,
     ) -> None:
         """`max_age`: seconds a frame may wait for its peer (several round timeouts)."""
         self.node_id = node_id
+        self.congestion = congestion
+        """TCP_CONGESTION of every socket (None: the namespace's default)."""
         self.handler = handler
         self.delay = delay
         self.links = {pid: _PeerLink(h, p, PeerQueue(max_queue_bytes, max_age))
@@ -300,7 +321,7 @@ class Transport:
                 continue
             backoff = 0.05
             link.connects += 1
-            tune_socket(writer)
+            tune_socket(writer, congestion=self.congestion)
             try:
                 while True:
                     await link.queue.wait()
@@ -374,7 +395,7 @@ class Transport:
             return
         self._conns.add(writer)
         self._per_ip[ip] += 1
-        tune_socket(writer)
+        tune_socket(writer, congestion=self.congestion)
         conn = Connection(writer)
         try:
             while True:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from testbed.addressing import Plan
 from testbed.experiment_schema import ChainClient, ChainSpec, Experiment, SwitchProtocol
 
@@ -72,6 +74,12 @@ def prepare(exp: Experiment, plan: Plan, run_dir: Path) -> ChainRuntime:
     ips = [plan.ip_of(h) for h in spec.validators]
     write_genesis(folder, len(ips), ips, spec.port, max(1, len(clients)), spec.protocol,
                   dict(spec.timing))
+    if spec.congestion is not None:
+        for i in range(len(ips)):
+            path = folder / f"node-v{i}.yaml"
+            cfg = yaml.safe_load(path.read_text())
+            path.write_text(yaml.safe_dump({**cfg, "tcp_congestion": spec.congestion},
+                                           sort_keys=False))
     return ChainRuntime(spec, folder, {h: f"{ip}:{spec.port}" for h, ip in
                                        zip(spec.validators, ips, strict=True)},
                         {name: i for i, name in enumerate(clients)})

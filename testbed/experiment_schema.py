@@ -157,6 +157,9 @@ class ChainSpec(Strict):
     """Overrides of the genesis timing (round_timeout, fast_path_timeout, ...; see
     nodes/config.py Timing), checked by the nodes' own schema."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    congestion: Literal["cubic", "bbr", "reno", "abn"] | None = None
+    """Congestion control of the validators' sockets (default: the host's). `abn` runs
+    them inside the ABN sender's cgroup, so they pace to the shim's notified rates."""
 
 
 class LinkOverride(Shaping):

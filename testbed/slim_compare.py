@@ -1,10 +1,11 @@
 """Slim flows against fat background: one run's summary, and schemes compared over seeds.
 
-One run (any experiment with a `slim_client`) gets `slim_summary.csv`: per slim client,
-transfers, completion p50/p95/p99 (ms; a transfer that never completed counts as
-infinitely late), deadline misses, and the fat flows' throughput at their receivers
-(iperf3's server-side bytes, Mbit/s). `slim_cdf.png` draws the completion times against
-the deadline.
+One run (any experiment with a `slim_client` or a chain) gets `slim_summary.csv`: per
+slim client, transfers, completion p50/p95/p99 (ms; a transfer that never completed
+counts as infinitely late), deadline misses, and the fat flows' throughput at their
+receivers (iperf3's server-side bytes, Mbit/s); per chain client the same of its
+transactions (latency submit -> commit, uncommitted ones as missed). `slim_cdf.png`
+draws the completion times against the deadline.
 
 Across runs, `python -m testbed.slim_compare RUN...` groups runs by their variant (the
 scheme), pairs them by seed, and gives each metric's mean and 95% CI per scheme and
@@ -40,6 +41,21 @@ SCHEMES: dict[str, list[str]] = {
     "abn-dqn": ["variant=abn-dqn"],
 }
 """`--set` overrides that turn experiments/abn_dqn_live.yaml into each scheme."""
+
+CHAIN_SCHEMES: dict[str, list[str]] = {
+    "cubic": ["variant=cubic", "processes.fat.congestion=cubic", "chain.congestion=cubic",
+              "abn.mb2=null"],
+    "bbr": ["variant=bbr", "processes.fat.congestion=bbr", "chain.congestion=bbr",
+            "abn.mb2=null"],
+    "abn-average": ["variant=abn-average", "abn.mb2.allocator=average", "abn.mb2.policy=null"],
+    "abn-dqn": ["variant=abn-dqn"],
+}
+"""The same for experiments/abn_dqn_chain.yaml (the validators are the slim traffic)."""
+
+
+def schemes_for(experiment: Path) -> dict[str, list[str]]:
+    """The scheme overrides of a shipped comparison experiment (by its file name)."""
+    return CHAIN_SCHEMES if Path(experiment).stem == "abn_dqn_chain" else SCHEMES
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -102,6 +118,32 @@ def summarise(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
             "miss_pct": round(100 * missed / len(rows), 3) if rows else math.nan,
             "deadline_ms": p["deadline"] * 1e3,
             "fat_mbps": "" if fat is None else round(fat, 3)})
+    out += _chain_rows(run_dir, manifest, fat)
+    return out
+
+
+def _chain_rows(run_dir: Path, manifest: dict[str, Any], fat: float | None) -> list[dict[str, Any]]:
+    """Per chain client: its transactions as 'transfers' (latency submit -> commit; a
+    transaction never committed counts as infinitely late and as missed)."""
+    path = run_dir / "chain_latency.csv"
+    if not path.exists():
+        return []
+    exp = manifest["experiment"]
+    by: dict[str, list[float]] = {}
+    for r in read_transfers(path):
+        lat = float(r["latency_s"]) * 1e3 if r.get("latency_s") else math.inf
+        by.setdefault(r["client"], []).append(lat)
+    out = []
+    for client, lats in sorted(by.items()):
+        times = sorted(lats)
+        missed = sum(1 for t in times if math.isinf(t))
+        out.append({
+            "variant": exp.get("variant", "default"), "seed": exp.get("seed"),
+            "client": client, "transfers": len(times), "completed": len(times) - missed,
+            "p50_ms": round(_quantile(times, 0.5), 3), "p95_ms": round(_quantile(times, 0.95), 3),
+            "p99_ms": round(_quantile(times, 0.99), 3), "missed": missed,
+            "miss_pct": round(100 * missed / len(times), 3) if times else math.nan,
+            "deadline_ms": "", "fat_mbps": "" if fat is None else round(fat, 3)})
     return out
 
 
@@ -153,14 +195,20 @@ def aggregate(run_dirs: Sequence[Path], reference: str = "abn-dqn") -> dict[str,
     paired (same seed) difference reference - scheme with its CI."""
     from testbed.stats import mean_ci
 
-    by: dict[str, dict[int, dict[str, float]]] = {}
+    rows: list[dict[str, str]] = []
     for d in run_dirs:
         path = d / SUMMARY_CSV
-        if not path.exists():
-            continue
-        for r in csv.DictReader(path.open()):
-            vals = {m: float(r[m]) if r[m] not in ("", None) else math.nan for m in METRICS}
-            by.setdefault(r["variant"], {})[int(r["seed"])] = vals
+        if path.exists():
+            rows += list(csv.DictReader(path.open()))
+    several = len({r["client"] for r in rows}) > 1  # then a scheme is "variant client"
+    name_of = (lambda r: f"{r['variant']} {r['client']}") if several else (  # noqa: E731
+        lambda r: r["variant"])
+    by: dict[str, dict[int, dict[str, float]]] = {}
+    partner: dict[str, str] = {}
+    for r in rows:
+        vals = {m: float(r[m]) if r[m] not in ("", None) else math.nan for m in METRICS}
+        by.setdefault(name_of(r), {})[int(r["seed"])] = vals
+        partner[name_of(r)] = name_of({**r, "variant": reference})
     schemes: dict[str, Any] = {}
     for name, seeds in sorted(by.items()):
         schemes[name] = {"seeds": sorted(seeds)}
@@ -168,10 +216,10 @@ def aggregate(run_dirs: Sequence[Path], reference: str = "abn-dqn") -> dict[str,
             mean, half = mean_ci([v[m] for v in seeds.values()])
             schemes[name][m] = {"mean": mean, "ci95": half}
     paired: dict[str, Any] = {}
-    ref = by.get(reference, {})
     for name, seeds in sorted(by.items()):
-        if name == reference:
+        if partner[name] == name:
             continue
+        ref = by.get(partner[name], {})
         common = sorted(set(ref) & set(seeds))
         paired[name] = {"seeds": common}
         for m in METRICS:
@@ -198,8 +246,8 @@ def write_comparison(out_dir: Path, result: dict[str, Any]) -> list[Path]:
                         *[f"{s[m][k]:.4g}" for m in METRICS for k in ("mean", "ci95")]])
     names = list(result["schemes"])
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
-    for ax, (m, label) in zip(axes, [("p95_ms", "slim p95 completion (ms)"),
-                                     ("miss_pct", "slim deadline misses (%)"),
+    for ax, (m, label) in zip(axes, [("p95_ms", "p95 completion or latency (ms)"),
+                                     ("miss_pct", "missed or uncommitted (%)"),
                                      ("fat_mbps", "fat throughput (Mbit/s)")], strict=True):
         means = [result["schemes"][n][m]["mean"] for n in names]
         cis = [result["schemes"][n][m]["ci95"] for n in names]
@@ -225,7 +273,7 @@ def run_schemes(experiment: Path, seeds: Sequence[int], schemes: Sequence[str],
     done = []
     for seed in seeds:
         for name in schemes:
-            sets = [*SCHEMES[name], f"seed={seed}"]
+            sets = [*schemes_for(experiment)[name], f"seed={seed}"]
             print(f"slim_compare: {name}, seed {seed}", file=sys.stderr, flush=True)
             loaded = config.load_experiment(experiment, sets)
             done.append(runner.run(loaded, results or runner.DEFAULT_RESULTS,
@@ -239,16 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="*", type=Path, help="run folders to compare")
     ap.add_argument("--experiment", type=Path, help="run its schemes first")
     ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--schemes", default="cubic,bbr,abn-average,abn-dqn")
     ap.add_argument("--reference", default="abn-dqn")
     ap.add_argument("--results", type=Path)
     ap.add_argument("--out", type=Path, help="where the comparison goes")
     args = ap.parse_args(argv)
     runs = list(args.runs)
     if args.experiment is not None:
-        unknown = set(args.schemes.split(",")) - set(SCHEMES)
+        known = schemes_for(args.experiment)
+        unknown = set(args.schemes.split(",")) - set(known)
         if unknown:
-            ap.error(f"unknown schemes {sorted(unknown)}; known: {list(SCHEMES)}")
+            ap.error(f"unknown schemes {sorted(unknown)}; known: {list(known)}")
         runs += run_schemes(args.experiment, [int(s) for s in args.seeds.split(",")],
                             args.schemes.split(","), args.results)
     if not runs:

@@ -9,7 +9,9 @@ timeline), and at the end `stop` then `collect` (in reverse order, also after an
 or Ctrl-C). Optional: `wrap_process(argv) -> argv` (shape how the timeline's processes
 start: the ABN sender puts them in its cgroup), `check()` (called on every timeline
 tick; raises if the role failed, e.g. a validator died), `manifest_key` (keep what
-`collect` returns at that manifest key instead of under `roles`). Roles: packet
+`collect` returns at that manifest key instead of under `roles`), `wrappers` (a role
+that starts its own processes gets the roles before it and applies their
+`wrap_process`). Roles: packet
 captures, the chain's validators, the ABN sender and shim. The timeline's own processes
 (traffic, clients) are what the runner sequences; the twin service plugs in as a role.
 """
@@ -23,10 +25,10 @@ from typing import Any, Protocol
 from testbed.experiment_schema import Experiment
 from testbed.topology_schema import Topology
 
-ROLE_MODULES = ("testbed.roles.captures", "testbed.roles.validators",
-                "testbed.roles.abn_sender", "testbed.roles.abn_shim")
-"""In start order: captures first (they see everything), the chain, then the ABN sender
-(the congestion control and cgroup) before the shim that feeds it."""
+ROLE_MODULES = ("testbed.roles.captures", "testbed.roles.abn_sender",
+                "testbed.roles.validators", "testbed.roles.abn_shim")
+"""In start order: captures first (they see everything), the ABN sender (the congestion
+control and its cgroup) before the chain whose validators may run in it, the shim last."""
 
 
 class Role(Protocol):
@@ -50,6 +52,9 @@ def build(topology: Topology, experiment: Experiment, run_dir: Path) -> list[Rol
     roles: list[Role] = []
     for name in ROLE_MODULES:
         roles += importlib.import_module(name).build(topology, experiment, run_dir)
+    for i, role in enumerate(roles):  # a role that starts processes itself (validators)
+        if hasattr(role, "wrappers"):  # starts them as the roles before it want
+            role.wrappers = roles[:i]
     return roles
 
 

@@ -20,9 +20,12 @@ from testbed.topology_schema import Topology
 
 
 def uses_abn(experiment: Experiment) -> bool:
-    """Whether any traffic selects `abn` (an iperf3 or slim client, or a host's default)."""
+    """Whether any traffic selects `abn` (an iperf3 or slim client, the chain's validators,
+    or a host's default)."""
     if any(isinstance(p, Iperf3Client | SlimClient) and p.congestion == "abn"
            for p in experiment.processes):
+        return True
+    if experiment.chain is not None and experiment.chain.congestion == "abn":
         return True
     return any(str(kv.get("net.ipv4.tcp_congestion_control", "")) == "abn"
                for kv in experiment.sysctls.values())

@@ -17,6 +17,7 @@ from testbed import chain as chain_mod
 from testbed import processes
 from testbed.errors import EmulationError
 from testbed.experiment_schema import Command, Experiment
+from testbed.roles import wrap_process
 from testbed.topology_schema import Topology
 
 
@@ -31,6 +32,9 @@ class ValidatorsRole:
         self.earlier: list[processes.Running] = []
         """Incarnations ended by a `crash` (the manifest lists them too)."""
         self.net: Any = None
+        self.wrappers: list[Any] = []
+        """Roles started before this one (roles.build): their wrap_process shapes how the
+        validators start (the ABN sender's cgroup)."""
 
     def start(self, net: Any) -> None:
         self.net = net
@@ -41,7 +45,8 @@ class ValidatorsRole:
             argv = self.runtime.node_argv(i)
             spec = Command(name=f"node-v{i}", kind="command", host=host,
                            command=shlex.join(argv), required=True)
-            self.running[spec.name] = processes.start(net.node(host), spec, argv, logs, 0.0)
+            self.running[spec.name] = processes.start(
+                net.node(host), spec, wrap_process(self.wrappers, argv), logs, 0.0)
 
     def ready(self, timeout: float) -> None:
         assert self.runtime is not None
@@ -83,7 +88,8 @@ class ValidatorsRole:
         argv = self.runtime.node_argv(i)
         spec = Command(name=f"{name}.restart{k}", kind="command", host=host,
                        command=shlex.join(argv), required=True)
-        self.running[name] = processes.start(self.net.node(host), spec, argv,
+        self.running[name] = processes.start(self.net.node(host), spec,
+                                             wrap_process(self.wrappers, argv),
                                              self.run_dir / "logs", 0.0)
         return self.running[name].proc.pid
 

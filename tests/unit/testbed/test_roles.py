@@ -27,9 +27,19 @@ def test_roles_come_in_start_order_and_only_when_asked_for(tmp_path: Path) -> No
         processes=[{"name": "s", "kind": "iperf3_server", "host": "h2"},
                    {"name": "c", "kind": "iperf3_client", "host": "h1", "server": "h2",
                     "congestion": "abn"}])
-    names = [r.name for r in roles.build(TOPO, everything, tmp_path)]
-    assert names == ["captures", "validators", "abn_sender", "abn:mb"]
+    built = roles.build(TOPO, everything, tmp_path)
+    assert [r.name for r in built] == ["captures", "abn_sender", "validators", "abn:mb"]
+    # the validators start as the roles before them want (the ABN sender's cgroup)
+    assert [r.name for r in built[2].wrappers] == ["captures", "abn_sender"]  # type: ignore[attr-defined]
     assert [r.name for r in roles.build(TOPO, _exp(), tmp_path)] == ["abn:mb"]
+
+
+def test_validators_with_abn_bring_the_abn_sender(tmp_path: Path) -> None:
+    chain = _exp(chain={"validators": ["h1", "h2"], "congestion": "abn"})
+    assert [r.name for r in roles.build(TOPO, chain, tmp_path)] == [
+        "abn_sender", "validators", "abn:mb"]
+    plain = _exp(chain={"validators": ["h1", "h2"], "congestion": "bbr"})
+    assert "abn_sender" not in [r.name for r in roles.build(TOPO, plain, tmp_path)]
 
 
 def test_collect_keeps_keyed_roles_at_their_key_and_the_others_by_name(tmp_path: Path) -> None:
