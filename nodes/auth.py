@@ -32,7 +32,9 @@ def signed_bytes(msg: Any) -> bytes:
     if t is Proposal:
         return seal_bytes("proposal", msg.height, msg.round, msg.block.digest)
     if t is RoundChange:
-        return message_bytes(encode_rc(msg, with_sig=False))
+        # Its digests, not its blocks: the hashes bind them, and canonicalising megabytes
+        # of JSON for every signature and check would hold up the event loop.
+        return message_bytes(encode_rc(msg, with_sig=False, with_blocks=False))
     if t is SyncRequest:
         return message_bytes({"t": "sync_req", "from": msg.sender, "start": msg.start,
                               "at": msg.at})

@@ -5,6 +5,8 @@ Frames are those of the engine this replaced, field for field:
     {"t": "proposal", "from", "h", "r", "block", "just": [rc frame, ...] | null, "sent_at", "sig"}
     {"t": "rc", "from", "h", "r", "prepared": {"round", "hash", "votes": [[v, sig]]} | null,
      "voted": {"round", "hash", "sig"} | null, "blocks": {hash: block}, "sig"}
+    (inside a proposal's "just", an rc's "blocks" omits the proposal's own block; an rc
+    signs its digests, not its blocks, which its hashes already bind)
     {"t": "sync_req", "from", "start", "sig"}
     {"t": "sync_resp", "from", "blocks": [[block, cert], ...], "tip", "sig"}
 Certificates are {"height", "round", "hash", "votes": [[validator, phase, sig]]}.
@@ -78,7 +80,8 @@ def encode(msg: Any, sent_at: float = 0.0) -> dict[str, Any]:
         return {"t": msg.phase, "from": msg.sender, "h": msg.height, "r": msg.round,
                 "hash": msg.digest, "sig": msg.sig}
     if t is Proposal:
-        just = None if msg.justification is None else [encode(rc) for rc in msg.justification]
+        just = None if msg.justification is None else [
+            encode_rc(rc, omit=msg.block.hash) for rc in msg.justification]
         return {"t": "proposal", "from": msg.sender, "h": msg.height, "r": msg.round,
                 "block": msg.block.to_wire(), "just": just, "sent_at": sent_at, "sig": msg.sig}
     if t is RoundChange:
@@ -93,19 +96,27 @@ def encode(msg: Any, sent_at: float = 0.0) -> dict[str, Any]:
     raise TypeError(f"no wire form for {msg!r}")
 
 
-def encode_rc(rc: RoundChange, with_sig: bool = True) -> dict[str, Any]:
+def encode_rc(rc: RoundChange, with_sig: bool = True, omit: str | None = None,
+              with_blocks: bool = True) -> dict[str, Any]:
+    """A round change with the blocks it refers to (`blocks`: hash -> block), except the
+    one whose hash is `omit` (inside a proposal's justification: the proposal carries
+    it; q copies made a round-1 proposal q + 1 blocks long)."""
     blocks: dict[str, Any] = {}
     prepared = voted = None
     if rc.prepared is not None:
         p = rc.prepared
         prepared = {"round": p.round, "hash": p.block.hash, "votes": [list(v) for v in p.votes]}
-        blocks[p.block.hash] = p.block.to_wire()
+        if with_blocks and p.block.hash != omit:
+            blocks[p.block.hash] = p.block.to_wire()
     if rc.voted is not None:
         v = rc.voted
         voted = {"round": v.round, "hash": v.block.hash, "sig": v.sig}
-        blocks[v.block.hash] = v.block.to_wire()
+        if with_blocks and v.block.hash != omit:
+            blocks[v.block.hash] = v.block.to_wire()
     msg: dict[str, Any] = {"t": "rc", "from": rc.sender, "h": rc.height, "r": rc.round,
-                           "prepared": prepared, "voted": voted, "blocks": blocks}
+                           "prepared": prepared, "voted": voted}
+    if with_blocks:
+        msg["blocks"] = blocks
     if with_sig:
         msg["sig"] = rc.sig
     return msg
@@ -148,7 +159,7 @@ def decode(msg: Mapping[str, Any], known_height: int = 0) -> Any:
             good = []
             for item in just:  # a bad entry cannot count towards the justification
                 try:
-                    good.append(decode_rc(item))
+                    good.append(decode_rc(item, block))
                 except DecodeError:
                     continue
             rcs = tuple(good)
@@ -156,7 +167,8 @@ def decode(msg: Mapping[str, Any], known_height: int = 0) -> Any:
     return decode_rc(msg)
 
 
-def decode_rc(msg: object) -> RoundChange:
+def decode_rc(msg: object, carried: Block | None = None) -> RoundChange:
+    """`carried`: the block of the proposal whose justification this is (its RCs omit it)."""
     if not isinstance(msg, Mapping):
         raise DecodeError("rc", "round change must be an object")
     sender, h, r = msg.get("from"), msg.get("h"), msg.get("r")
@@ -167,6 +179,8 @@ def decode_rc(msg: object) -> RoundChange:
         raise DecodeError("rc", "round change without blocks")
 
     def block_of(digest: object, what: str) -> Block:
+        if carried is not None and digest == carried.hash and digest not in blocks:
+            return carried
         if not isinstance(digest, str) or digest not in blocks:
             raise DecodeError("rc", f"malformed {what}")
         try:

@@ -205,8 +205,8 @@ class ChainModel:
         t = type(msg)
         if t is Vote or t is SyncRequest:
             return cfg.vote_bytes, cfg.msg_validation
-        if t is Proposal:
-            extra = sum(self._rc_bytes(rc) for rc in msg.justification or ())
+        if t is Proposal:  # its round changes do not repeat its block, as on the wire
+            extra = sum(self._rc_bytes(rc, msg.block.digest) for rc in msg.justification or ())
             return msg.block.size_bytes + extra, cfg.block_validation
         if t is RoundChange:
             return self._rc_bytes(msg), cfg.msg_validation
@@ -214,10 +214,11 @@ class ChainModel:
             return 0, cfg.sync_delay
         raise TypeError(f"no wire cost for {msg!r}")
 
-    def _rc_bytes(self, rc: RoundChange) -> int:
-        """A round change carries the blocks it refers to, as on the validators."""
+    def _rc_bytes(self, rc: RoundChange, omit: Any = None) -> int:
+        """A round change carries the blocks it refers to (but `omit`), as on the
+        validators."""
         blocks = {x.block.digest: x.block.size_bytes for x in (rc.prepared, rc.voted)
-                  if x is not None}
+                  if x is not None and x.block.digest != omit}
         return self.cfg.vote_bytes + sum(blocks.values())
 
     def peer(self, node_id: Any) -> SimNode:

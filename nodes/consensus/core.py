@@ -409,14 +409,15 @@ class Core:
         elif not self.c.auth.verify(msg):
             raise Invalid(f"bad {_kind(msg)} signature from {msg.sender}")
 
-    def _size(self, msg: Any) -> int:
+    def _size(self, msg: Any, omit: Any = None) -> int:
         t = type(msg)
         if t is Vote:
             return _MSG_BYTES
-        if t is Proposal:
-            extra = sum(self._size(rc) for rc in msg.justification or ())
+        if t is Proposal:  # its justification's round changes do not repeat its block
+            extra = sum(self._size(rc, msg.block.digest) for rc in msg.justification or ())
             return _MSG_BYTES + self.blocks.size(msg.block) + extra
-        blocks = {x.block.digest: x.block for x in (msg.prepared, msg.voted) if x is not None}
+        blocks = {x.block.digest: x.block for x in (msg.prepared, msg.voted)
+                  if x is not None and x.block.digest != omit}
         return _MSG_BYTES + sum(self.blocks.size(b) for b in blocks.values())
 
     def _on_proposal(self, p: Proposal, verified: bool) -> None:
