@@ -272,8 +272,10 @@ class Node:
             self.reject(str(data["what"]), str(data["detail"]))
         elif kind in COUNTED:
             self.counters[COUNTED[kind]] += 1
-        elif kind == "dropped":
+        elif kind == "dropped":  # recorded too (rate-limited): why a laggard waited
             self.counters["dropped_messages"] += 1
+            reason = str(data.get("reason", ""))
+            self._record_limited("dropped", reason, reason=reason, peer=str(data.get("from")))
         else:
             if kind == "equivocation":
                 self.counters["equivocations"] += 1
@@ -400,13 +402,18 @@ class Node:
         """Count every refusal; record at most one per kind per REJECT_RECORD_EVERY s (a
         flood of bad messages must not become a flood of log: issue 18)."""
         self.counters[f"rejected_{kind}"] += 1
+        self._record_limited("reject", kind, what=kind, detail=detail[:300])
+
+    def _record_limited(self, event: str, key: str, **fields: Any) -> None:
+        """A telemetry `event` at most once per REJECT_RECORD_EVERY s per `key`, with the
+        number not recorded since."""
         now = time.monotonic()
-        last, skipped = self._reject_log.get(kind, (float("-inf"), 0))
+        last, skipped = self._reject_log.get(f"{event}:{key}", (float("-inf"), 0))
         if now - last < REJECT_RECORD_EVERY:
-            self._reject_log[kind] = (last, skipped + 1)
+            self._reject_log[f"{event}:{key}"] = (last, skipped + 1)
             return
-        self._reject_log[kind] = (now, 0)
-        self.telemetry.event("reject", what=kind, detail=detail[:300], not_recorded=skipped)
+        self._reject_log[f"{event}:{key}"] = (now, 0)
+        self.telemetry.event(event, **fields, not_recorded=skipped)
 
     def _on_frame(self, msg: dict[str, Any], conn: Connection) -> None:
         t = msg.get("t")

@@ -53,3 +53,25 @@ def test_twin_endpoint_and_jsonl_get_one_record_per_block(tmp_path: Path) -> Non
     assert {"start", "block", "vote"} <= kinds
     blocks = [x["record"] for x in lines if x["kind"] == "block"]
     assert len(blocks) == len(records)
+
+
+def test_dropped_messages_are_recorded_with_their_reason_rate_limited(tmp_path: Path) -> None:
+    """Why a laggard waited (issue 17: a sync answer not sent while the link to the asker
+    is busy) must be visible in telemetry, not only counted; a flood stays a few lines."""
+    async def body() -> None:
+        cluster = Cluster(tmp_path, make_genesis(tmp_path, 4))
+        try:
+            await cluster.start()
+            node = cluster.nodes["v0"]
+            for _ in range(500):
+                node.log("dropped", {"reason": "sync answer: link to asker busy", "from": "v3"})
+            node.log("dropped", {"reason": "buffer full", "from": "v1"})
+            assert node.counters["dropped_messages"] == 501
+        finally:
+            await cluster.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 30))
+    lines = [json.loads(x) for x in (tmp_path / "telemetry" / "v0.jsonl").read_text().splitlines()]
+    dropped = [x for x in lines if x["kind"] == "dropped"]
+    assert [(x["reason"], x["peer"]) for x in dropped] == [
+        ("sync answer: link to asker busy", "v3"), ("buffer full", "v1")]
