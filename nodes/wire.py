@@ -5,8 +5,9 @@ Frames are those of the engine this replaced, field for field:
     {"t": "proposal", "from", "h", "r", "block", "just": [rc frame, ...] | null, "sent_at", "sig"}
     {"t": "rc", "from", "h", "r", "prepared": {"round", "hash", "votes": [[v, sig]]} | null,
      "voted": {"round", "hash", "sig"} | null, "blocks": {hash: block}, "sig"}
-    (inside a proposal's "just", an rc's "blocks" omits the proposal's own block; an rc
-    signs its digests, not its blocks, which its hashes already bind)
+    (an rc's "blocks" holds only what it carries in full: to the new round's proposer;
+    inside a proposal's "just" it omits the proposal's own block; an rc signs its
+    digests, not its blocks, which its hashes already bind)
     {"t": "sync_req", "from", "start", "sig"}
     {"t": "sync_resp", "from", "blocks": [[block, cert], ...], "tip", "sig"}
 Certificates are {"height", "round", "hash", "votes": [[validator, phase, sig]]}.
@@ -21,6 +22,7 @@ from typing import Any, TypeGuard
 
 from nodes.block import Block, BlockInvalid, canonical_json
 from nodes.consensus.messages import (
+    BlockRef,
     Certificate,
     CertVote,
     PreparedCert,
@@ -80,8 +82,8 @@ def encode(msg: Any, sent_at: float = 0.0) -> dict[str, Any]:
         return {"t": msg.phase, "from": msg.sender, "h": msg.height, "r": msg.round,
                 "hash": msg.digest, "sig": msg.sig}
     if t is Proposal:
-        just = None if msg.justification is None else [
-            encode_rc(rc, omit=msg.block.hash) for rc in msg.justification]
+        just = None if msg.justification is None else [  # digests only: the proposal
+            encode_rc(rc, omit=msg.block.hash) for rc in msg.justification]  # has its block
         return {"t": "proposal", "from": msg.sender, "h": msg.height, "r": msg.round,
                 "block": msg.block.to_wire(), "just": just, "sent_at": sent_at, "sig": msg.sig}
     if t is RoundChange:
@@ -106,12 +108,12 @@ def encode_rc(rc: RoundChange, with_sig: bool = True, omit: str | None = None,
     if rc.prepared is not None:
         p = rc.prepared
         prepared = {"round": p.round, "hash": p.block.hash, "votes": [list(v) for v in p.votes]}
-        if with_blocks and p.block.hash != omit:
+        if with_blocks and p.block.hash != omit and type(p.block) is not BlockRef:
             blocks[p.block.hash] = p.block.to_wire()
     if rc.voted is not None:
         v = rc.voted
         voted = {"round": v.round, "hash": v.block.hash, "sig": v.sig}
-        if with_blocks and v.block.hash != omit:
+        if with_blocks and v.block.hash != omit and type(v.block) is not BlockRef:
             blocks[v.block.hash] = v.block.to_wire()
     msg: dict[str, Any] = {"t": "rc", "from": rc.sender, "h": rc.height, "r": rc.round,
                            "prepared": prepared, "voted": voted}
@@ -178,11 +180,12 @@ def decode_rc(msg: object, carried: Block | None = None) -> RoundChange:
     if not isinstance(blocks, Mapping):
         raise DecodeError("rc", "round change without blocks")
 
-    def block_of(digest: object, what: str) -> Block:
-        if carried is not None and digest == carried.hash and digest not in blocks:
-            return carried
-        if not isinstance(digest, str) or digest not in blocks:
+    def block_of(digest: object, what: str) -> Block | BlockRef:
+        if not isinstance(digest, str):
             raise DecodeError("rc", f"malformed {what}")
+        if digest not in blocks:  # sent by digest, or the proposal's own block
+            return carried if carried is not None and digest == carried.hash \
+                else BlockRef(digest, h)
         try:
             block = Block.from_wire(blocks[digest])
         except BlockInvalid as exc:

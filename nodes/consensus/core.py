@@ -84,6 +84,7 @@ from nodes.consensus.events import (
     WantBatch,
 )
 from nodes.consensus.messages import (
+    BlockRef,
     Certificate,
     CertVote,
     NodeId,
@@ -324,12 +325,31 @@ class Core:
             return
         just = tuple(rcs.values())[: self.quorum]
         forced = select_value(just, self.f)
+        if type(forced) is BlockRef:
+            forced = self._known_block(forced.digest)
+            if forced is None:  # sent to us by digest only: cannot re-propose it
+                self.out.append(Log("stale_proposal", {"height": h, "round": r,
+                                                       "reason": "forced block unknown"}))
+                return
         if forced is not None:
             self.out.append(Log("reproposal", {"height": h, "round": r}))
             block = forced
         else:
             block = self.blocks.build(h, self.tip_digest, self.protocol.name, self.now)
         self._propose(h, r, block, just)
+
+    def _known_block(self, digest: Any) -> Any:
+        """A block of this height with `digest` that we hold in full, or None."""
+        for rs in self.rounds.values():
+            if rs.proposal is not None and rs.proposal.digest == digest:
+                return rs.proposal
+        for by in self.rcs.values():
+            for rc in by.values():
+                for x in (rc.prepared, rc.voted):
+                    if x is not None and x.block.digest == digest \
+                            and type(x.block) is not BlockRef:
+                        return x.block
+        return None
 
     def _propose(self, h: int, r: int, block: Any,
                  just: tuple[RoundChange, ...] | None) -> None:
@@ -417,7 +437,7 @@ class Core:
             extra = sum(self._size(rc, msg.block.digest) for rc in msg.justification or ())
             return _MSG_BYTES + self.blocks.size(msg.block) + extra
         blocks = {x.block.digest: x.block for x in (msg.prepared, msg.voted)
-                  if x is not None and x.block.digest != omit}
+                  if x is not None and x.block.digest != omit and type(x.block) is not BlockRef}
         return _MSG_BYTES + sum(self.blocks.size(b) for b in blocks.values())
 
     def _on_proposal(self, p: Proposal, verified: bool) -> None:
@@ -626,7 +646,7 @@ class Core:
                                                  "reason": "timeout"}))
             self._ask_round(round_ + 1)
         elif not behind and self._my_rc is not None:
-            self.out.append(Broadcast(self._my_rc))  # still no certificate: say it again
+            self._say(self._my_rc)  # still no certificate: say it again
         if self.round == round_ and self.height == h:  # not entered a round meanwhile
             wanted = round_ + 1 if behind or self.waiting is None else self.waiting
             self.timers[(ROUND_TIMER, h, round_)] = None
@@ -652,7 +672,7 @@ class Core:
         self.waiting = round_
         self._my_rc = rc
         self.out.append(PersistVote(Vote("rc", self.height, round_, self.me, "", rc.sig)))
-        self.out.append(Broadcast(rc))
+        self._say(rc)
         self.rcs.setdefault(round_, {})[self.me] = rc
         self._check_certificate(round_)
 
@@ -680,7 +700,9 @@ class Core:
             except Invalid as exc:
                 self._reject("rc", f"from {sender}: {exc}")
                 return
-        self.rcs.setdefault(r, {})[sender] = rc
+        held = self.rcs.setdefault(r, {})
+        if not (_is_light(rc) and sender in held):  # a copy with blocks beats one without
+            held[sender] = rc
         floor = self._floor()
         if r > self.round:
             self._check_certificate(r)
@@ -714,9 +736,19 @@ class Core:
             return
         mine = self.rcs.get(r, {}).get(self.me)
         if mine is not None and mine is not self._my_rc:
-            self.out.append(Send(peer, mine))
+            self._say(mine, peer)
         if self._my_rc is not None:
-            self.out.append(Send(peer, self._my_rc))
+            self._say(self._my_rc, peer)
+
+    def _say(self, rc: RoundChange, to: NodeId | None = None) -> None:
+        """Send our ROUND-CHANGE to `to` (None: every other validator): with its blocks
+        to the proposer of its round, who may have to re-propose one; by digest to the
+        others, who only count it and check a justification against the proposal."""
+        target = self.c.proposer(rc.height, rc.round)
+        light = _light(rc)
+        for peer in (self.c.validators if to is None else (to,)):
+            if peer != self.me:
+                self.out.append(Send(peer, rc if peer == target else light))
 
     # ---- state transfer ---------------------------------------------------------------
     # Pull, one request in flight (issue 17: pushed batches from every peer, and a
@@ -910,6 +942,21 @@ class Core:
 
     def _drop(self, reason: str, sender: NodeId) -> None:
         self.out.append(Log("dropped", {"reason": reason, "from": sender}))
+
+
+def _light(rc: RoundChange) -> RoundChange:
+    """The same ROUND-CHANGE (same signature: it signs digests) naming blocks by digest."""
+    p, v = rc.prepared, rc.voted
+    return RoundChange(
+        rc.height, rc.round, rc.sender,
+        None if p is None else PreparedCert(p.round, BlockRef(p.block.digest, rc.height),
+                                            p.votes),
+        None if v is None else VoteClaim(v.round, BlockRef(v.block.digest, rc.height), v.sig),
+        rc.sig)
+
+
+def _is_light(rc: RoundChange) -> bool:
+    return any(x is not None and type(x.block) is BlockRef for x in (rc.prepared, rc.voted))
 
 
 def _kind(msg: Any) -> str:

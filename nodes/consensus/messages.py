@@ -30,6 +30,24 @@ class _Immutable:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockRef(_Immutable):
+    """A block named by its digest only: what a ROUND-CHANGE carries to everyone but the
+    new round's proposer (issue 17: round changes each carrying a multi-MB locked block
+    to every peer on every timeout stalled a chain behind a congested link)."""
+
+    digest: Any
+    height: int
+
+    @property
+    def hash(self) -> Any:
+        return self.digest
+
+    @property
+    def size_bytes(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
 class Vote(_Immutable):
     """A PREPARE or COMMIT vote for a block digest at (height, round); also the shape of
     a vote inside a certificate or a prepared certificate when its signature is checked,

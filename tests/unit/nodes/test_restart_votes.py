@@ -42,6 +42,7 @@ def test_no_second_prepare_in_a_round_after_restart(tmp_path: Path) -> None:
         await again.start()
         sent: list[dict[str, Any]] = []
         again.transport.broadcast = sent.append  # type: ignore[method-assign]
+        again.transport.send = lambda peer, msg, frame=None: sent.append(msg)  # type: ignore[method-assign]
         try:
             assert again.core.last_vote is not None
             assert again.core.last_vote[1] == first["block"]["hash"]
@@ -51,8 +52,9 @@ def test_no_second_prepare_in_a_round_after_restart(tmp_path: Path) -> None:
             again._on_frame(first, None)  # type: ignore[arg-type]  # the same block is fine
             assert again.core.rounds[0].prepares["v0"][0] == first["block"]["hash"]
             again.driver.feed(TimerFired("round", 1, 0))  # round 0 times out
-            (rc,) = [m for m in sent if m["t"] == "rc"]
-            assert rc["r"] == 1 and rc["voted"]["hash"] == first["block"]["hash"]
+            rcs = [m for m in sent if m["t"] == "rc"]  # one per peer, blocks to round 1's
+            assert len(rcs) == 3 and sum(1 for m in rcs if m["blocks"]) == 1  # proposer
+            assert all(m["r"] == 1 and m["voted"]["hash"] == first["block"]["hash"] for m in rcs)
         finally:
             await again.stop()
 
