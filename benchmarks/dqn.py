@@ -112,6 +112,40 @@ def decision_latency(agent: DQNAgent, env: BandwidthEnv, n: int) -> tuple[float,
     return float(np.percentile(us, 50)), float(np.percentile(us, 99)), max(map(len, tables))
 
 
+def shim_period_latency(agent: DQNAgent, n_flows: int, periods: int = 500,
+                        declared: float = 0.25) -> tuple[float, float]:
+    """p50, p99 (us) of the Python side of one shim period with the `dqn` allocator:
+    what `abn.shim.Shim.step` does after the compiled loop's snapshot (account each
+    flow's packets, expire, close the period, allocate with the floor, set the rates),
+    on a table of `n_flows` sending flows, a quarter of them declared (size and
+    deadline), the rest of unknown size, as live traffic is."""
+    from abn.flows import FlowKey, FlowTable
+    from abn.shim import with_floor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        alloc = DQNAllocator(agent.save(Path(tmp) / "policy"))
+    rng = np.random.default_rng(5)
+    table = FlowTable()
+    keys = [FlowKey(f"10.0.{i // 250}.{i % 250 + 1}", 40000 + i, "10.9.0.1", 5201)
+            for i in range(n_flows)]
+    lat = []
+    for t in range(periods):
+        now = t * 0.1
+        t0 = time.perf_counter()
+        for i, k in enumerate(keys):
+            if t == 0 and i < declared * n_flows:
+                table.register(k, now, int(rng.integers(64_000, 2_000_000)), 2)
+            table.observe(k, now, int(rng.integers(1, 40)) * 1448, False, wire_bytes=1500)
+        table.expire(now, 5.0)
+        table.take_period()
+        active = [v for v in table.views() if v.last_period_bytes > 0]
+        rates = with_floor(alloc, active, 100e6, 0.1, 0.25)
+        table.set_rates(rates)
+        lat.append(time.perf_counter() - t0)
+    us = np.array(lat[10:]) * 1e6
+    return float(np.percentile(us, 50)), float(np.percentile(us, 99))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=2000, help="compiled train steps timed")
@@ -154,6 +188,11 @@ def main() -> None:
     print(f"decision (DQNAllocator.allocate, up to {biggest} flows): p50 {p50:.0f} us, "
           f"p99 {p99:.0f} us = {p99 / period_us:.2e} of a {env.settings.slot_s:g} s slot, "
           f"{p99 / 1e5:.2e} of the shim's 0.1 s period")
+    for n in (8, 50, 200):
+        q50, q99 = shim_period_latency(agent, n)
+        rows.append({"what": f"shim period, {n} flows, p99 (us)", "per_s": round(q99, 1)})
+        print(f"shim period in Python with the dqn allocator, {n} flows: p50 {q50:.0f} us, "
+              f"p99 {q99:.0f} us = {q99 / 1e5:.2e} of the 0.1 s period")
     common.write_json(args.json, rows)
 
 
