@@ -7,8 +7,10 @@
 #      source of the compiled NFQUEUE loop (abn/_nfqloop.c) change
 #   4. a check that the compiled loop imports; if it does not, fail naming what is missing
 #   5. the ABN sender (abn/bpf: a BPF congestion control and its loader), built against
-#      this kernel's BTF; a kernel without BTF gets a warning (ABN runs then refuse to
-#      start, and `chaintwin doctor` says why), a failed build an error
+#      this kernel's BTF; a kernel without BTF, or whose BTF has no struct_ops links
+#      (Linux < 6.4), gets a warning (ABN runs then refuse to start, and `chaintwin
+#      doctor` says why), a failed build an error
+#   6. the tcp_bbr module loaded where BBR is a module not yet loaded (stock kernels)
 # A second run changes nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -95,6 +97,11 @@ bpf_want=$( (cat abn/bpf/abn.bpf.c abn/bpf/abn_loader.c abn/bpf/Makefile; uname 
 if [ ! -e /sys/kernel/btf/vmlinux ]; then
   say "WARNING: this kernel has no BTF (/sys/kernel/btf/vmlinux): the abn congestion control" \
       "cannot be built or loaded here; ABN experiments will refuse to start"
+elif [ ! -f "$bpf_stamp" ] || [ "$(cat "$bpf_stamp")" != "$bpf_want" ] \
+    && ! bpftool btf dump file /sys/kernel/btf/vmlinux format c 2>/dev/null | grep -c 'BPF_F_LINK = ' >/dev/null; then
+  # Linux < 6.4 (Debian 12's stock 6.1): BTF, but no struct_ops links to register with.
+  say "WARNING: this kernel's BTF has no struct_ops links (Linux < 6.4): the abn congestion" \
+      "control cannot be built or loaded here; ABN experiments will refuse to start"
 elif [ ! -f "$bpf_stamp" ] || [ "$(cat "$bpf_stamp")" != "$bpf_want" ]; then
   say "building the ABN sender (abn/bpf: BPF congestion control and loader)"
   if ! make -s -C abn/bpf >/dev/null; then
@@ -105,5 +112,12 @@ elif [ ! -f "$bpf_stamp" ] || [ "$(cat "$bpf_stamp")" != "$bpf_want" ]; then
   echo "$bpf_want" > "$bpf_stamp"
 else
   say "ABN sender (abn/bpf) up to date"
+fi
+# A stock kernel ships BBR as a module that nothing has loaded yet, and the runner accepts
+# only congestion controls the kernel lists as available (the quickstart's second flow is
+# BBR). Kernels with BBR built in, or without loadable modules, need nothing here.
+if ! grep -qw bbr /proc/sys/net/ipv4/tcp_available_congestion_control 2>/dev/null; then
+  modprobe -q tcp_bbr 2>/dev/null && say "loaded the tcp_bbr module" \
+    || say "WARNING: no BBR in this kernel: experiments with a BBR flow will refuse to start"
 fi
 say "ready: $VENV/bin/chaintwin"

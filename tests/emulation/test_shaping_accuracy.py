@@ -33,9 +33,16 @@ def test_ping_rtt_matches_configured(run_experiment, rtt_ms: int) -> None:
         "processes": [{"name": "ping", "kind": "ping", "host": "h1", "target": "h2",
                        "count": count, "interval": 0.1, "start": 0.5, "required": True}],
     })
-    sent, got, avg = _ping_stats((run_dir / "logs" / "ping.log").read_text())
+    text = (run_dir / "logs" / "ping.log").read_text()
+    sent, got, _ = _ping_stats(text)
     assert (sent, got) == (count, count)
-    assert abs(avg - rtt_ms) <= 1.0, f"avg RTT {avg} ms, configured {rtt_ms} ms"
+    # Not the first ping: it also waits for ARP, which netem delays (a qdisc shapes every
+    # frame) and the userspace line does not (its iptables rule takes IP only).
+    times = [float(t) for seq, t in re.findall(r"icmp_seq=(\d+) .*?time=([\d.]+) ms", text)
+             if seq != "1"]
+    assert len(times) == count - 1
+    avg = sum(times) / len(times)
+    assert abs(avg - rtt_ms) <= 1.0, f"avg RTT {avg:.3f} ms (pings 2-{count}), set {rtt_ms} ms"
 
 
 @pytest.mark.parametrize("mbit", [100, 1000])
@@ -71,5 +78,6 @@ def test_one_percent_loss_over_ten_thousand_packets(run_experiment) -> None:
     assert sent == n
     loss = (sent - got) / sent
     assert 0.007 <= loss <= 0.013, f"measured loss {loss:.4f}"
-    stats = man["delay_lines"]["links"]
-    assert sum(s["counters"]["dropped"] for s in stats.values()) == sent - got
+    if man["shaping_backend"] == "userspace":  # netem keeps no per-link counters here
+        stats = man["delay_lines"]["links"]
+        assert sum(s["counters"]["dropped"] for s in stats.values()) == sent - got
