@@ -82,8 +82,8 @@ def encode(msg: Any, sent_at: float = 0.0) -> dict[str, Any]:
         return {"t": msg.phase, "from": msg.sender, "h": msg.height, "r": msg.round,
                 "hash": msg.digest, "sig": msg.sig}
     if t is Proposal:
-        just = None if msg.justification is None else [  # digests only: the proposal
-            encode_rc(rc, omit=msg.block.hash) for rc in msg.justification]  # has its block
+        just = None if msg.justification is None else [  # the proposal carries its own
+            encode_rc(rc, omit=msg.block.hash) for rc in msg.justification]  # block once
         return {"t": "proposal", "from": msg.sender, "h": msg.height, "r": msg.round,
                 "block": msg.block.to_wire(), "just": just, "sent_at": sent_at, "sig": msg.sig}
     if t is RoundChange:
@@ -103,22 +103,19 @@ def encode_rc(rc: RoundChange, with_sig: bool = True, omit: str | None = None,
     """A round change with the blocks it refers to (`blocks`: hash -> block), except the
     one whose hash is `omit` (inside a proposal's justification: the proposal carries
     it; q copies made a round-1 proposal q + 1 blocks long)."""
-    blocks: dict[str, Any] = {}
     prepared = voted = None
     if rc.prepared is not None:
         p = rc.prepared
         prepared = {"round": p.round, "hash": p.block.hash, "votes": [list(v) for v in p.votes]}
-        if with_blocks and p.block.hash != omit and type(p.block) is not BlockRef:
-            blocks[p.block.hash] = p.block.to_wire()
     if rc.voted is not None:
         v = rc.voted
         voted = {"round": v.round, "hash": v.block.hash, "sig": v.sig}
-        if with_blocks and v.block.hash != omit and type(v.block) is not BlockRef:
-            blocks[v.block.hash] = v.block.to_wire()
     msg: dict[str, Any] = {"t": "rc", "from": rc.sender, "h": rc.height, "r": rc.round,
                            "prepared": prepared, "voted": voted}
     if with_blocks:
-        msg["blocks"] = blocks
+        msg["blocks"] = {x.block.hash: x.block.to_wire() for x in (rc.prepared, rc.voted)
+                         if x is not None and x.block.hash != omit
+                         and type(x.block) is not BlockRef}
     if with_sig:
         msg["sig"] = rc.sig
     return msg
