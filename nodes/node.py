@@ -408,11 +408,12 @@ class Node:
         """A telemetry `event` at most once per REJECT_RECORD_EVERY s per `key`, with the
         number not recorded since."""
         now = time.monotonic()
-        last, skipped = self._reject_log.get(f"{event}:{key}", (float("-inf"), 0))
+        slot = f"{event}:{key}"
+        last, skipped = self._reject_log.get(slot, (float("-inf"), 0))
         if now - last < REJECT_RECORD_EVERY:
-            self._reject_log[f"{event}:{key}"] = (last, skipped + 1)
+            self._reject_log[slot] = (last, skipped + 1)
             return
-        self._reject_log[f"{event}:{key}"] = (now, 0)
+        self._reject_log[slot] = (now, 0)
         self.telemetry.event(event, **fields, not_recorded=skipped)
 
     def _on_frame(self, msg: dict[str, Any], conn: Connection) -> None:

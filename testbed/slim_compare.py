@@ -47,8 +47,8 @@ CHAIN_SCHEMES: dict[str, list[str]] = {
               "abn.mb2=null"],
     "bbr": ["variant=bbr", "processes.fat.congestion=bbr", "chain.congestion=bbr",
             "abn.mb2=null"],
-    "abn-average": ["variant=abn-average", "abn.mb2.allocator=average", "abn.mb2.policy=null"],
-    "abn-dqn": ["variant=abn-dqn"],
+    "abn-average": SCHEMES["abn-average"],
+    "abn-dqn": SCHEMES["abn-dqn"],
 }
 """The same for experiments/abn_dqn_chain.yaml (the validators are the slim traffic)."""
 
@@ -107,44 +107,41 @@ def summarise(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
         if not path.exists():
             continue
         rows = read_transfers(path)
-        times = completions_ms(rows)
         missed = sum(1 for r in rows if r.get("met") != "1")
-        out.append({
-            "variant": exp.get("variant", "default"), "seed": exp.get("seed"),
-            "client": p["name"], "transfers": len(rows),
-            "completed": sum(1 for t in times if math.isfinite(t)),
-            "p50_ms": round(_quantile(times, 0.5), 3), "p95_ms": round(_quantile(times, 0.95), 3),
-            "p99_ms": round(_quantile(times, 0.99), 3), "missed": missed,
-            "miss_pct": round(100 * missed / len(rows), 3) if rows else math.nan,
-            "deadline_ms": p["deadline"] * 1e3,
-            "fat_mbps": "" if fat is None else round(fat, 3)})
+        out.append(_row(exp, p["name"], completions_ms(rows), missed, p["deadline"] * 1e3,
+                        fat))
     out += _chain_rows(run_dir, manifest, fat)
     return out
+
+
+def _row(exp: dict[str, Any], client: str, times: list[float], missed: int,
+         deadline_ms: float | str, fat: float | None) -> dict[str, Any]:
+    """One client's summary row from its sorted completion times (ms; inf: never)."""
+    return {
+        "variant": exp.get("variant", "default"), "seed": exp.get("seed"),
+        "client": client, "transfers": len(times),
+        "completed": sum(1 for t in times if math.isfinite(t)),
+        "p50_ms": round(_quantile(times, 0.5), 3), "p95_ms": round(_quantile(times, 0.95), 3),
+        "p99_ms": round(_quantile(times, 0.99), 3), "missed": missed,
+        "miss_pct": round(100 * missed / len(times), 3) if times else math.nan,
+        "deadline_ms": deadline_ms, "fat_mbps": "" if fat is None else round(fat, 3)}
 
 
 def _chain_rows(run_dir: Path, manifest: dict[str, Any], fat: float | None) -> list[dict[str, Any]]:
     """Per chain client: its transactions as 'transfers' (latency submit -> commit; a
     transaction never committed counts as infinitely late and as missed)."""
-    path = run_dir / "chain_latency.csv"
+    from testbed.chain import LATENCY_CSV
+
+    path = run_dir / LATENCY_CSV
     if not path.exists():
         return []
-    exp = manifest["experiment"]
     by: dict[str, list[float]] = {}
     for r in read_transfers(path):
         lat = float(r["latency_s"]) * 1e3 if r.get("latency_s") else math.inf
         by.setdefault(r["client"], []).append(lat)
-    out = []
-    for client, lats in sorted(by.items()):
-        times = sorted(lats)
-        missed = sum(1 for t in times if math.isinf(t))
-        out.append({
-            "variant": exp.get("variant", "default"), "seed": exp.get("seed"),
-            "client": client, "transfers": len(times), "completed": len(times) - missed,
-            "p50_ms": round(_quantile(times, 0.5), 3), "p95_ms": round(_quantile(times, 0.95), 3),
-            "p99_ms": round(_quantile(times, 0.99), 3), "missed": missed,
-            "miss_pct": round(100 * missed / len(times), 3) if times else math.nan,
-            "deadline_ms": "", "fat_mbps": "" if fat is None else round(fat, 3)})
-    return out
+    return [_row(manifest["experiment"], client, sorted(lats),
+                 sum(1 for t in lats if math.isinf(t)), "", fat)
+            for client, lats in sorted(by.items())]
 
 
 def figure(run_dir: Path, manifest: dict[str, Any]) -> Path | None:

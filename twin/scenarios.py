@@ -101,10 +101,10 @@ class Scenario:
                 out.update((j, o.node) for j in everyone if j != o.node)
         for p in self.partitions:
             if p.start <= t < p.end:
-                for a in p.groups:
-                    for b in p.groups:
-                        if a is not b:
-                            out.update((i, j) for i in a for j in b)
+                for k, a in enumerate(p.groups):
+                    for b in p.groups[k + 1:]:
+                        out.update((i, j) for i in a for j in b)
+                        out.update((j, i) for i in a for j in b)
         return frozenset(out)
 
     def link_changes(self) -> list[float]:
