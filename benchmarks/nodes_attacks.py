@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import resource
 import struct
@@ -224,25 +223,21 @@ async def attack(name: str, folder: Path, ports: list[int], seconds: float) -> d
 
 
 # ---- the run: validators, honest client, phases ------------------------------------------
-def _out_bytes(folder: Path, n: int, t0: float, t1: float) -> int:
-    """Bytes of sync answers and hints all validators sent between t0 and t1 (their
-    'traffic' telemetry): where a reflection to a third party would show."""
-    total = 0
+def _telemetry(folder: Path, n: int) -> tuple[list[float], list[tuple[float, int]]]:
+    """From the validators' telemetry, read once: v0's block times, and every record of
+    sync answers and hints sent (time, bytes): where a reflection to a third party would
+    show."""
+    blocks: list[float] = []
+    sync_out: list[tuple[float, int]] = []
     for i in range(n):
         with open(folder / "telemetry" / f"v{i}.jsonl") as fh:
             for line in fh:
-                if '"traffic"' not in line:
-                    continue
-                rec = json.loads(line)
-                if t0 < rec["t"] <= t1:
-                    total += rec["bytes"].get("out:sync_resp", 0)
-    return total
-
-
-def _blocks(folder: Path, t0: float, t1: float) -> int:
-    with open(folder / "telemetry" / "v0.jsonl") as fh:
-        return sum(1 for line in fh
-                   if '"kind":"block"' in line and t0 < json.loads(line)["t"] <= t1)
+                if i == 0 and '"kind":"block"' in line:
+                    blocks.append(json.loads(line)["t"])
+                elif '"traffic"' in line:
+                    rec = json.loads(line)
+                    sync_out.append((rec["t"], rec["bytes"].get("out:sync_resp", 0)))
+    return blocks, sync_out
 
 
 async def _run(folder: Path, ports: list[int], pids: list[int], attacks: list[str],
@@ -282,6 +277,7 @@ async def _run(folder: Path, ports: list[int], pids: list[int], attacks: list[st
             await asyncio.sleep(quiet)  # let the chain settle before the next one
     await run
     res = run.result()
+    block_times, sync_out = _telemetry(folder, len(pids))
     for ph in phases:
         t0, t1 = ph["t0"], ph["t1"]
         ph["committed_tps"] = sum(1 for c in res.committed.values() if t0 < c <= t1) / (t1 - t0)
@@ -291,8 +287,8 @@ async def _run(folder: Path, ports: list[int], pids: list[int], attacks: list[st
         ph["p95_ms"] = float(np.percentile(lat, 95) * 1000) if lat.size else None
         ph["uncommitted"] = sum(1 for i, s in res.submitted.items()
                                 if t0 < s <= t1 and i not in res.committed)
-        ph["blocks_s"] = _blocks(folder, t0, t1) / (t1 - t0)
-        ph["out_bytes"] = _out_bytes(folder, len(pids), t0, t1 + 2)
+        ph["blocks_s"] = sum(1 for t in block_times if t0 < t <= t1) / (t1 - t0)
+        ph["out_bytes"] = sum(b for t, b in sync_out if t0 < t <= t1 + 2)
     return phases
 
 
@@ -357,5 +353,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     raise SystemExit(main())

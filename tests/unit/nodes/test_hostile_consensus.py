@@ -5,7 +5,10 @@ Against a 4-validator cluster on 127.0.0.1 (or one core, where that is enough)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from nodes.auth import signed_bytes
 from nodes.consensus import Committee, Core, CoreConfig, Schedule
@@ -21,17 +24,32 @@ def _sync_out(cluster: Cluster, vid: str) -> int:
     return cluster.nodes[vid].transport.traffic[("out", "sync_resp")]
 
 
+@contextlib.asynccontextmanager
+async def _at_v0(tmp_path: Path, height: int) -> AsyncIterator[tuple[Cluster, Any]]:
+    """A 4-validator cluster past `height`, and a raw connection (its writer) to v0."""
+    genesis = make_genesis(tmp_path, 4, "pbft")
+    cluster = Cluster(tmp_path, genesis)
+    try:
+        await cluster.start()
+        await cluster.wait_height(height, 20)
+        v0 = genesis.validators[0]
+        _, w = await asyncio.open_connection(v0.host, v0.port)
+        yield cluster, w
+    finally:
+        await cluster.stop()
+
+
+def _sync_request_of_v1(key: KeyPair, at: float) -> bytes:
+    """A sync request signed with v1's key (held by the attacker), as a frame."""
+    req = SyncRequest("v1", 1, at)
+    return encode(wire_encode(SyncRequest("v1", 1, at, key.sign(signed_bytes(req)))))
+
+
 def test_an_unsigned_vote_for_an_old_height_earns_no_reply(tmp_path: Path) -> None:
     """Before: a vote naming an old height made the validator send 10 blocks to
     whichever validator the vote named (92 kB in, 66.6 MB out)."""
     async def body() -> tuple[int, int, int]:
-        genesis = make_genesis(tmp_path, 4, "pbft")
-        cluster = Cluster(tmp_path, genesis)
-        try:
-            await cluster.start()
-            await cluster.wait_height(12, 20)
-            v0 = genesis.validators[0]
-            _, w = await asyncio.open_connection(v0.host, v0.port)
+        async with _at_v0(tmp_path, 12) as (cluster, w):
             sent = 0
             before = _sync_out(cluster, "v0")
             for h in range(1, 9):  # a different old height each time
@@ -43,8 +61,6 @@ def test_an_unsigned_vote_for_an_old_height_earns_no_reply(tmp_path: Path) -> No
             await asyncio.sleep(1.0)
             return sent, _sync_out(cluster, "v0") - before, \
                 cluster.nodes["v0"].counters["rejected_prepare"]
-        finally:
-            await cluster.stop()
 
     sent, out, rejected = asyncio.run(asyncio.wait_for(body(), 60))
     assert rejected == 8
@@ -55,17 +71,9 @@ def test_a_replayed_sync_request_is_served_once(tmp_path: Path) -> None:
     """Before: one captured signed sync_req replayed 2,000 times was served every time
     (358 kB in, 48 MB out)."""
     async def body() -> tuple[int, int]:
-        genesis = make_genesis(tmp_path, 4, "pbft")
-        cluster = Cluster(tmp_path, genesis)
-        try:
-            await cluster.start()
-            await cluster.wait_height(12, 20)
+        async with _at_v0(tmp_path, 12) as (cluster, w):
             key = KeyPair.load(tmp_path / "keys" / "v1.key")
-            req = SyncRequest("v1", 1, cluster.nodes["v0"].driver.clock())
-            req = SyncRequest("v1", 1, req.at, key.sign(signed_bytes(req)))
-            frame = encode(wire_encode(req))
-            v0 = genesis.validators[0]
-            _, w = await asyncio.open_connection(v0.host, v0.port)
+            frame = _sync_request_of_v1(key, cluster.nodes["v0"].driver.clock())
             before = _sync_out(cluster, "v0")
             w.write(frame)
             await w.drain()
@@ -76,8 +84,6 @@ def test_a_replayed_sync_request_is_served_once(tmp_path: Path) -> None:
             await w.drain()
             await asyncio.sleep(1.0)
             return once, _sync_out(cluster, "v0") - before
-        finally:
-            await cluster.stop()
 
     once, total = asyncio.run(asyncio.wait_for(body(), 60))
     assert once > 0, "the fresh request was not served"
@@ -91,34 +97,24 @@ def test_one_asker_draws_at_most_its_byte_budget_per_second(tmp_path: Path,
     16 answers a second, whatever they weighed (1.2 MB in 2 s here; 0.2 MB after)."""
     from nodes import driver
 
-    monkeypatch.setattr(driver, "SERVE_BUDGET", 64 * 1024, raising=False)
-    monkeypatch.setattr(driver, "SERVE_BURST", 64 * 1024, raising=False)
+    monkeypatch.setattr(driver, "SERVE_BUDGET", 64 * 1024)
+    monkeypatch.setattr(driver, "SERVE_BURST", 64 * 1024)
 
     async def body() -> tuple[int, int, float]:
-        genesis = make_genesis(tmp_path, 4, "pbft")
-        cluster = Cluster(tmp_path, genesis)
-        try:
-            await cluster.start()
-            await cluster.wait_height(15, 20)
+        async with _at_v0(tmp_path, 15) as (cluster, w):
             key = KeyPair.load(tmp_path / "keys" / "v1.key")
-            v0 = genesis.validators[0]
-            _, w = await asyncio.open_connection(v0.host, v0.port)
             clock = cluster.nodes["v0"].driver.clock
             before = _sync_out(cluster, "v0")
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             answers = 0
             while loop.time() - t0 < 2.0:
-                req = SyncRequest("v1", 1, clock())
-                w.write(encode(wire_encode(SyncRequest("v1", 1, req.at,
-                                                       key.sign(signed_bytes(req))))))
+                w.write(_sync_request_of_v1(key, clock()))
                 await w.drain()
                 await asyncio.sleep(0.02)
                 answers += 1
             await asyncio.sleep(0.3)
             return answers, _sync_out(cluster, "v0") - before, loop.time() - t0
-        finally:
-            await cluster.stop()
 
     asked, out, seconds = asyncio.run(asyncio.wait_for(body(), 60))
     one_answer = 100 * 1024  # an answer of this idle chain weighs ~40 KB
