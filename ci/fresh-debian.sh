@@ -17,12 +17,9 @@ suite=${SUITE:-bookworm}
 log() { printf '[fresh-debian %s] %s\n' "$(date +%T)" "$*"; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
 
-mirror=${MIRROR:-}
-if [ -z "$mirror" ]; then
-  mirror=$( { cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; } \
-           | grep -E '^(URIs:|deb )' | grep -v security | head -1 \
-           | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//; s/ .*//')
-fi
+# shellcheck source=ci/lib.sh
+. "$here/ci/lib.sh"
+mirror=$(debian_mirror)
 [ -n "$mirror" ] || { echo "cannot tell this machine's Debian mirror; set MIRROR=" >&2; exit 1; }
 
 mounted=()
@@ -53,34 +50,10 @@ log "root ready after $(( $(date +%s) - start )) s; $(chroot "$target" dpkg-quer
 # The root must be a mount point, as on a machine (`ip netns exec` remounts it).
 mount --bind "$target" "$target"
 mounted+=("$target")
-for m in proc sys dev dev/pts; do
-  mkdir -p "$target/$m"
-  case $m in
-    proc) mount -t proc proc "$target/proc" ;;
-    sys) mount -t sysfs sys "$target/sys" ;;
-    *) mount --bind "/$m" "$target/$m" ;;
-  esac
-  mounted+=("$target/$m")
-done
+chroot_mounts "$target"
 mkdir -p "$target/run/netns" "$target/var/run"
 cp /etc/resolv.conf "$target/etc/resolv.conf"
-# Reach the registries the way this machine does: its apt settings, its pip
-# configuration, and the local CA certificates it trusts (a registry proxy may present
-# its own). Nothing of the project's is copied this way.
-cp -f /etc/apt/apt.conf.d/*proxy* /etc/apt/apt.conf.d/99artifact-registry \
-  "$target/etc/apt/apt.conf.d/" 2>/dev/null || true
-if [ -d /usr/local/share/ca-certificates ]; then
-  mkdir -p "$target/usr/local/share/ca-certificates"
-  cp -a /usr/local/share/ca-certificates/. "$target/usr/local/share/ca-certificates/"
-fi
-if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
-  mkdir -p "$target/etc/ssl/certs"
-  cp /etc/ssl/certs/ca-certificates.crt "$target/etc/ssl/certs/ca-certificates.crt"
-fi
-if [ -f /etc/pip.conf ]; then cp /etc/pip.conf "$target/etc/pip.conf"; fi
-if [ -f /root/.config/pip/pip.conf ]; then
-  mkdir -p "$target/root/.config/pip" && cp /root/.config/pip/pip.conf "$target/root/.config/pip/"
-fi
+copy_host_access "$target"
 
 rm -rf "$target/root/chaintwin"
 git clone -q --no-hardlinks "$here" "$target/root/chaintwin"

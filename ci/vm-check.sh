@@ -69,12 +69,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v qemu-system-x86_64 >/dev/null || die "QEMU is missing (qemu-system-x86_64 not on PATH)"
 
-mirror=${MIRROR:-}
-if [ -z "$mirror" ]; then
-  mirror=$( { cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; } \
-           | grep -E '^(URIs:|deb )' | grep -v security | head -1 \
-           | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//; s/ .*//')
-fi
+# shellcheck source=ci/lib.sh
+. "$here/ci/lib.sh"  # debian_mirror, chroot_mounts, copy_host_access (with fresh-debian.sh)
+mirror=$(debian_mirror)
 [ -n "$mirror" ] || die "cannot tell this machine's Debian mirror; set MIRROR="
 
 # --- the image (cached) -----------------------------------------------------------------
@@ -86,34 +83,9 @@ key=$( { echo "v1 $suite $preinstall $apt_pkgs"; cat "$here/ci/vm/init.sh";
 img=$cache/image-$key
 mkdir -p "$cache"
 
-chroot_mounts() {  # $1: root; like ci/fresh-debian.sh, tracked for cleanup
-  local m
-  for m in proc sys dev dev/pts; do
-    mkdir -p "$1/$m"
-    case $m in
-      proc) mount -t proc proc "$1/proc" ;;
-      sys) mount -t sysfs sys "$1/sys" ;;
-      *) mount --bind "/$m" "$1/$m" ;;
-    esac
-    mounted+=("$1/$m")
-  done
-}
 chroot_umount() {
   for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
   mounted=()
-}
-copy_host_access() {  # $1: root. Reach the registries as this machine does (see fresh-debian.sh)
-  cp -f /etc/apt/apt.conf.d/*proxy* /etc/apt/apt.conf.d/99artifact-registry \
-    "$1/etc/apt/apt.conf.d/" 2>/dev/null || true
-  if [ -d /usr/local/share/ca-certificates ]; then
-    mkdir -p "$1/usr/local/share/ca-certificates"
-    cp -a /usr/local/share/ca-certificates/. "$1/usr/local/share/ca-certificates/"
-  fi
-  [ ! -f /etc/ssl/certs/ca-certificates.crt ] || cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/"
-  [ ! -f /etc/pip.conf ] || cp /etc/pip.conf "$1/etc/pip.conf"
-  if [ -f /root/.config/pip/pip.conf ]; then
-    mkdir -p "$1/root/.config/pip" && cp /root/.config/pip/pip.conf "$1/root/.config/pip/"
-  fi
 }
 
 build_image() {
