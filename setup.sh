@@ -21,10 +21,12 @@ APT_PACKAGES=(
   procps psmisc libnetfilter-queue1 libnetfilter-queue-dev libmnl-dev openvswitch-switch
   python3 python3-venv python3-dev gcc make clang llvm bpftool libbpf-dev
 )
-# What the compiled NFQUEUE loop (abn/_nfqloop.c) is built from: package -> a file it ships.
+# What the compiled NFQUEUE loop (abn/_nfqloop.c) is built from: package -> a file it ships
+# (@PYTHON_INCLUDE@ is Python's include directory, asked once python3 is installed: a bare
+# Debian root has no python3 before the apt step).
 BUILD_NEEDS=(
   "gcc:/usr/bin/gcc"
-  "python3-dev:$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || echo /usr/include/python3)/Python.h"
+  "python3-dev:@PYTHON_INCLUDE@/Python.h"
   "libnetfilter-queue-dev:/usr/include/libnetfilter_queue/libnetfilter_queue.h"
   "libmnl-dev:/usr/include/libmnl/libmnl.h"
 )
@@ -58,9 +60,11 @@ if ! "$VENV/bin/python" -c "import mininet.net" 2>/dev/null; then
 fi
 
 build_missing() {
-  local need pkg file out=()
+  local need pkg file out=() inc
+  inc=$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' \
+        2>/dev/null || echo /usr/include/python3)
   for need in "${BUILD_NEEDS[@]}"; do
-    pkg=${need%%:*}; file=${need#*:}
+    pkg=${need%%:*}; file=${need#*:}; file=${file/@PYTHON_INCLUDE@/$inc}
     [ -e "$file" ] || out+=("$pkg (no $file)")
   done
   echo "${out[*]}"
