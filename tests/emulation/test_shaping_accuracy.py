@@ -12,6 +12,8 @@ import re
 
 import pytest
 
+from .ping_rtt import check_rtt, ping_times
+
 FRAME, PAYLOAD = 1514, 1448
 """Ethernet frame and TCP payload (with timestamps) of a full-size packet: goodput is at
 most PAYLOAD/FRAME of the rate HTB enforces on frames."""
@@ -36,13 +38,9 @@ def test_ping_rtt_matches_configured(run_experiment, rtt_ms: int) -> None:
     text = (run_dir / "logs" / "ping.log").read_text()
     sent, got, _ = _ping_stats(text)
     assert (sent, got) == (count, count)
-    # Not the first ping: it also waits for ARP, which netem delays (a qdisc shapes every
-    # frame) and the userspace line does not (its iptables rule takes IP only).
-    times = [float(t) for seq, t in re.findall(r"icmp_seq=(\d+) .*?time=([\d.]+) ms", text)
-             if seq != "1"]
+    times = ping_times(text)
     assert len(times) == count - 1
-    avg = sum(times) / len(times)
-    assert abs(avg - rtt_ms) <= 1.0, f"avg RTT {avg:.3f} ms (pings 2-{count}), set {rtt_ms} ms"
+    check_rtt(times, rtt_ms, 1.0)
 
 
 @pytest.mark.parametrize("mbit", [100, 1000])
