@@ -1,51 +1,26 @@
 """Gymnasium environment over the twin's model: one step = one decision period TS.
 
-State S = (F, N_L, N_H) as in the twin paper (F: a node has failed; N_L, N_H: the lowest
-and highest link speed in Mbit/s, rounded). The encoder is pluggable: an encoder maps a
-`TwinObservation` to an observation of its own space, and to a hashable key for tabular
-agents. Action: consensus protocol. Reward: minus the average latency of the
-transactions committed during the step.
+State: a registered encoder (twin.encoders; the paper's (F, N_L, N_H) by default).
+Action: a consensus protocol of `EnvSettings.protocols` (any registered in
+nodes.consensus; a third one is a registration and a setting, not an edit here).
+Reward: minus the step's latency (see `step_latency`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nodes.consensus import rules_for
+from twin.encoders import EncoderSettings, StateEncoder, make_encoder
 from twin.model import PROTOCOL_NAMES, ChainModel, ModelConfig, ProtocolSwitch, TwinObservation
 from twin.scenarios import Scenario, WorkloadSpec
 
 RewardKind = Literal["committed", "committed_and_waiting"]
-
-
-class StateEncoder(Protocol):
-    @property
-    def space(self) -> gym.Space[Any]: ...  # read-only, so encoders may narrow its type
-
-    def encode(self, obs: TwinObservation) -> np.ndarray: ...
-
-    def key(self, obs: TwinObservation) -> tuple[int, ...]: ...
-
-
-class PaperStateEncoder:
-    """S = (F, N_L, N_H), speeds rounded to whole Mbit/s and clipped to max_mbps."""
-
-    def __init__(self, max_mbps: int = 100) -> None:
-        self.max_mbps = max_mbps
-        self.space = gym.spaces.MultiDiscrete([2, max_mbps + 1, max_mbps + 1])
-
-    def key(self, obs: TwinObservation) -> tuple[int, ...]:
-        f = int(not all(obs.up))
-        lo = int(np.clip(round(min(obs.link_mbps)), 0, self.max_mbps))
-        hi = int(np.clip(round(max(obs.link_mbps)), 0, self.max_mbps))
-        return (f, lo, hi)
-
-    def encode(self, obs: TwinObservation) -> np.ndarray:
-        return np.array(self.key(obs), dtype=np.int64)
 
 
 class EnvSettings(BaseModel):
@@ -57,10 +32,23 @@ class EnvSettings(BaseModel):
     """TS: the twin decides every this many simulated seconds."""
     initial_protocol: str = "pbft"
     """Protocol the chain runs before the first decision."""
+    protocols: tuple[str, ...] = PROTOCOL_NAMES
+    """The actions, in order: protocols registered in nodes.consensus (`register`)."""
     model: ModelConfig = ModelConfig()
     """Fixed parameters of the simulated chain."""
     reward: RewardKind = "committed_and_waiting"
     """Step latency measure (see `step_latency`)."""
+    encoder: EncoderSettings = EncoderSettings()
+    """How observations become states (twin.encoders)."""
+
+    @field_validator("protocols", "initial_protocol")
+    @classmethod
+    def _registered(cls, v: Any) -> Any:
+        for name in ([v] if isinstance(v, str) else v):
+            rules_for(name)  # raises ValueError naming the registered protocols
+        if not isinstance(v, str) and (len(v) < 1 or len(set(v)) != len(v)):
+            raise ValueError(f"protocols: need distinct names, got {v}")
+        return v
 
 
 @dataclass
@@ -105,10 +93,10 @@ class ChainTwinEnv(gym.Env[np.ndarray, np.int64]):
                  encoder: StateEncoder | None = None) -> None:
         self.settings = settings or EnvSettings()
         self.workload = workload
-        self.encoder: StateEncoder = encoder or PaperStateEncoder()
+        self.encoder: StateEncoder = encoder or make_encoder(self.settings.encoder)
         self.observation_space = self.encoder.space
-        self.action_space = gym.spaces.Discrete(len(PROTOCOL_NAMES))
-        self.protocols = PROTOCOL_NAMES
+        self.protocols = self.settings.protocols
+        self.action_space = gym.spaces.Discrete(len(self.protocols))
         self.model: ChainModel | None = None
         self.outcomes: list[StepOutcome] = []
 

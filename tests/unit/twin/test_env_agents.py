@@ -11,7 +11,8 @@ from testbed.jobs import JobContext
 from twin.agentplus import AgentPlus, AgentPlusSettings
 from twin.agents import QAgent, QSettings
 from twin.calibration import calibrate, estimate
-from twin.env import ChainTwinEnv, EnvSettings, PaperStateEncoder
+from twin.encoders import PaperStateEncoder
+from twin.env import ChainTwinEnv, EnvSettings
 from twin.model import ChainModel, ModelConfig
 from twin.scenarios import Interval, Outage, Scenario, generate, load_workload
 from twin.whatif import WhatIfOptimiser
