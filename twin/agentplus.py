@@ -1,46 +1,41 @@
-"""Agent+: the Q-agent augmented with what-if simulation (twin paper, section 3.1).
+"""Agent+: the Q-agent augmented with what-if simulation (twin paper, section 3.1, Figs 2-3).
 
 The paper: "what-if analysis can be used when the agent encounters previously unseen
 scenarios, avoiding the risk of bad decisions", and "the simulated outcomes augment its
-training". Agent+ does both, on a budget.
+training". The faithful default does exactly that:
 
-Why the plain Q-agent struggles (measured on WL2): its state (F, N_L, N_H) leaves out
-the backlog, and the step reward is dominated by the backlog's age, not by the
-protocol. Whichever protocol was just run takes the blame for a growing backlog, its
-Q-value drops below the other's, and the greedy choice flips every step (pbft, bigfoot,
-pbft, ...). The what-if optimiser does not have that problem: it simulates both
-protocols from the *same* current state under the same sampled futures (common random
-numbers), so the backlog cancels out of the comparison.
+1. The Q-agent is trained offline before deployment on scenarios the scenario
+   generator draws, simulated in the twin's own model (`twin.experiment.train` over
+   generated scenarios; the figure jobs do this for agent and agent+ alike).
+2. During deployment, in a state with too little evidence (`unsure="evidence"`: some
+   protocol has fewer than `min_evidence` real or simulated updates in this state), the
+   twin runs what-if analysis: the scenario generator draws futures around the
+   calibrated state, each protocol is simulated under them from the twin's estimated
+   present, and the best simulated protocol is taken.
+3. Those simulated (state, protocol, reward) transitions train the Q-agent
+   (`augment_updates` per what-if call), so the state soon has evidence and the agent
+   decides alone (a table look-up instead of a simulation).
 
-Agent+ therefore keeps, per state, the simulated *paired* outcomes (latency under each
-protocol from the same start) and uses them three ways:
+Our additions, each a named option measured against that default (docs/measurements.md):
 
-1. Decide by simulation when unsure (`unsure`): the state has fewer than `min_sims`
-   simulated comparisons (unseen), or the mean simulated advantage between the two best
-   protocols is within `z` standard errors of zero (the simulation itself cannot yet
-   tell them apart), or (optionally) the Q-table's greedy choice disagrees with the
-   simulated one (real experience contradicts the twin). Each state gets at most
-   `max_sims` what-if calls, and calls overall are budgeted (`budget_share`, `budget_burst`) so the
-   decision runtime stays well under the pure what-if optimiser's.
-2. Augment the Q-table with the simulated outcome of every protocol (as the paper
-   does), `augment_updates` times per what-if call.
-3. Counterfactual augmentation of real steps (`counterfactual`): after a real step with
-   protocol a and reward r, each other protocol b is also trained, with
-   r - (sim_b - sim_a), where sim is the simulated latency for this very step if
-   what-if was consulted, else the state's mean simulated latencies. The real reward
-   sets the level, the simulation sets the difference, so the Q-gap tracks the
-   simulated advantage instead of the backlog's drift, and the flip-flopping stops.
-
-A change of state (F flips, an N_L/N_H bucket changes) needs no trigger of its own:
-the new state has no simulated evidence yet, so it is unsure and what-if is consulted,
-budget permitting. Elsewhere the agent's greedy choice stands, which costs a table
-look-up instead of a simulation.
+- `unsure="significance"`: keep asking while the simulated advantage between the two best
+  protocols is within `z` standard errors of zero (at most `max_sims` calls per state;
+  `check_disagreement` also asks when the Q-table disagrees with the simulation).
+- `budget_share`/`budget_burst`: cap what-if calls to a share of decisions.
+- `counterfactual`: after a real step with protocol a and reward r, train every other
+  protocol b with r - (sim_b - sim_a) (sim: this step's simulated latencies if what-if
+  was consulted, else the state's mean). Why: the plain state (F, N_L, N_H) leaves out
+  the backlog, whose age dominates the step reward; whichever protocol ran takes the
+  blame for a growing backlog and the greedy choice flip-flops. The simulated paired
+  difference has the backlog cancelled (common random numbers).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,33 +52,32 @@ class AgentPlusSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    unsure: Literal["evidence", "significance"] = "evidence"
+    """When what-if decides: the paper's rule (too little evidence in the state) or ours
+    (also while the simulated advantage is not significant)."""
+    min_evidence: int = Field(default=2, ge=1)
+    """evidence: a state is unseen while some protocol has fewer updates than this
+    (real steps count for the protocol taken, a what-if call for every protocol)."""
     min_sims: int = Field(default=2, ge=1)
-    """A state counts as unseen until it has this many simulated comparisons. Measured
-    on WL2 (seeds 1-5, per-seed mean of agent+/what-if latency): one sample per state
-    gives 1.007 at runtime ratio 0.06; two give 0.991 at 0.14. Two buys robustness for
-    the price of calls that stay well inside the budget."""
+    """significance: a state counts as unseen until it has this many simulated
+    comparisons."""
     max_sims: int = Field(default=3, ge=1)
-    """What-if calls per state at most; beyond this the agent decides alone. A third
-    call happens only while the first two leave the advantage within z standard errors."""
+    """significance: what-if calls per state at most; beyond this the agent decides."""
     z: float = Field(default=1.0, ge=0)
-    """Unsure while |mean simulated advantage| < z * its standard error."""
+    """significance: unsure while |mean simulated advantage| < z * its standard error."""
     check_disagreement: bool = False
-    """Also unsure when the Q-table's greedy choice differs from the simulated best. Off
-    by default: on WL2 it changed nothing that matters (latency ratio 0.991 -> 0.990),
-    because counterfactual updates already keep the two in line."""
-    budget_share: float = Field(default=0.2, gt=0, le=1)
-    """What-if calls at most budget_burst + budget_share * decisions so far; a what-if
-    call costs about as much as one decision of the pure what-if optimiser, so this
-    keeps agent+'s decision runtime near budget_share of it or less."""
+    """significance: also unsure when the Q-table's greedy choice differs from the
+    simulated best."""
+    budget_share: float | None = Field(default=None, gt=0, le=1)
+    """What-if calls at most budget_burst + budget_share * decisions so far; None: no
+    cap (the paper's agent+ asks whenever the state is unseen)."""
     budget_burst: int = Field(default=10, ge=0)
-    """Calls allowed up front, for the first unseen states."""
+    """Calls allowed up front, for the first unseen states (with a budget_share)."""
     augment_updates: int = Field(default=1, ge=0)
     """Q-updates per simulated outcome added to the agent's training (the paper's
     augmentation; it initialises unseen states at the simulated level)."""
-    counterfactual: bool = True
-    """Train the protocols not taken in a real step from the simulated differences. The
-    lever that matters: without it agent+ is 15.6% above what-if on WL2 seeds 1-5
-    (9.9% on seeds 6-13) with as many what-if calls; with it, 0.9% below (0.4%)."""
+    counterfactual: bool = False
+    """Train the protocols not taken in a real step from the simulated differences."""
 
 
 class SimEvidence:
@@ -127,6 +121,8 @@ class AgentPlus:
     def unsure(self, state: State) -> bool:
         """Does the agent need the simulation in this state (see the module docstring)?"""
         s = self.settings
+        if s.unsure == "evidence":
+            return self.agent.untried(state, s.min_evidence)
         ev = self.evidence.get(state)
         n = len(ev) if ev else 0
         if n < s.min_sims:
@@ -145,17 +141,21 @@ class AgentPlus:
 
     def within_budget(self) -> bool:
         s = self.settings
+        if s.budget_share is None:
+            return True
         decisions = self.whatif_decisions + self.agent_decisions
         return self.whatif_decisions < s.budget_burst + s.budget_share * decisions
 
-    def act(self, state: State, model: ChainModel) -> int:
+    def act(self, state: State, model: ChainModel | Callable[[], ChainModel]) -> int:
+        """Decide in `state`; `model` is the twin's estimated present (or a function that
+        builds it, called only when what-if is consulted)."""
         t = time.perf_counter()
         try:
             self._last = None
             if not (self.unsure(state) and self.within_budget()):
                 self.agent_decisions += 1
                 return self.agent.act(state)
-            simulated = self.whatif.evaluate(model)
+            simulated = self.whatif.evaluate(model() if callable(model) else model)
             self.evidence.setdefault(state, SimEvidence()).samples.append(simulated)
             self.augment(state, simulated)
             self._last = (state, simulated)

@@ -63,7 +63,7 @@ def test_whatif_prefers_pbft_with_a_node_down_and_agent_plus_learns_it():
     lat = opt.evaluate(model)
     assert lat[0] < lat[1]  # pbft, bigfoot
     plus = AgentPlus(QAgent(2, seed=0), WhatIfOptimiser(wl.generator, 10.0, seed=0),
-                     AgentPlusSettings(min_sims=1, max_sims=1))
+                     AgentPlusSettings(min_evidence=1))
     key = (1, 20, 20)
     assert plus.act(key, model) == 0 and plus.whatif_decisions == 1
     assert plus.act(key, model) == 0 and plus.agent_decisions == 1
@@ -83,8 +83,8 @@ class _FixedWhatIf:
 
 def test_agent_plus_asks_until_sure_then_decides_alone():
     wi = _FixedWhatIf([5.0, 3.0])
-    plus = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(min_sims=2, max_sims=3,
-                                                              budget_burst=100))
+    plus = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(unsure="significance",
+                                                              min_sims=2, max_sims=3))
     key = (0, 10, 20)
     assert [plus.act(key, None) for _ in range(4)] == [1, 1, 1, 1]
     # two identical paired samples: advantage 2 s with zero spread, so no third call
@@ -102,6 +102,25 @@ def test_agent_plus_budget_caps_whatif_calls():
     assert wi.calls <= 1 + 0.25 * 20 and plus.whatif_decisions == wi.calls
 
 
+def test_agent_plus_asks_in_unseen_states_until_they_have_evidence():
+    """The paper's rule: what-if while some protocol has too few updates in the state;
+    its simulated outcomes are that evidence, so the state is then the agent's."""
+    wi = _FixedWhatIf([5.0, 3.0])
+    plus = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(min_evidence=2))
+    key = (0, 10, 20)
+    assert [plus.act(key, None) for _ in range(4)] == [1, 1, 1, 1]
+    assert wi.calls == 2 and plus.agent_decisions == 2
+    trained = QAgent(2, seed=0)
+    for _ in range(2):
+        for a in (0, 1):
+            trained.update(key, a, -1.0)  # offline training already saw this state
+    plus = AgentPlus(trained, wi, AgentPlusSettings(min_evidence=2))
+    plus.act(key, lambda: pytest.fail("what-if consulted in a state with evidence"))
+    assert wi.calls == 2 and plus.agent_decisions == 1
+    plus.act((1, 10, 20), lambda: None)  # unseen: builds the twin's model, asks what-if
+    assert wi.calls == 3
+
+
 def test_agent_plus_counterfactual_keeps_the_simulated_gap():
     """A backlog that grows whatever the protocol must not make the agent flip-flop."""
     wi = _FixedWhatIf([5.0, 3.0])  # bigfoot 2 s better, per the twin
@@ -109,7 +128,8 @@ def test_agent_plus_counterfactual_keeps_the_simulated_gap():
     picks = {}
     for cf in (False, True):
         plus = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(
-            min_sims=1, max_sims=1, augment_updates=1, counterfactual=cf))
+            unsure="significance", min_sims=1, max_sims=1, augment_updates=1,
+            counterfactual=cf))
         seq = []
         for step in range(12):
             a = plus.act(key, None)
