@@ -154,6 +154,10 @@ class Core:
         self._synced = 0
         self._last_sync_req = float("-inf")
         self._sync_wait: tuple[NodeId, float] | None = None
+        self._given_up: dict[NodeId, float] = {}
+        """Peers whose answer we stopped waiting for -> when we asked: a late answer
+        still measures them (else a give-up time shorter than every true answer time
+        would never grow)."""
         """The one sync request in flight: (asked peer, sent at)."""
         self._sync_rtt: float | None = None
         """Smoothed time from a sync request to its answer (sets the give-up time)."""
@@ -801,8 +805,13 @@ class Core:
         if wait is not None:
             if now - wait[1] < self._sync_give_up() - 1e-9:
                 return  # one request in flight
-            # It did not answer in time: count it as that slow, ask someone else.
-            self._peer_rtt[wait[0]] = max(self._peer_rtt.get(wait[0], 0.0), now - wait[1])
+            # It did not answer in time: rank it behind every peer that answered in that
+            # time (twice the wait, doubling while it stays silent: a crashed peer
+            # otherwise stayed first in line, its give-up time below the live peers'
+            # true answer times), and ask someone else.
+            peer, asked = wait
+            self._peer_rtt[peer] = 2 * max(self._peer_rtt.get(peer, 0.0), now - asked)
+            self._given_up[peer] = asked
             self._sync_wait = None
         if not urgent and now - self._last_sync_req < self.config.sync_interval:
             return
@@ -872,14 +881,19 @@ class Core:
             return
         self._saw_tip(sender, resp.tip)
         wait = self._sync_wait
+        asked: float | None = None
         answered = wait is not None and wait[0] == sender
         if wait is not None and answered:
-            sample = self.now - wait[1]
+            asked = wait[1]
+            self._sync_wait = None
+        elif resp.blocks:  # a late answer to a request we gave up (a hint carries none)
+            asked = self._given_up.pop(sender, None)
+        if asked is not None:
+            sample = self.now - asked
             rtt = self._sync_rtt
             self._sync_rtt = sample if rtt is None else 0.75 * rtt + 0.25 * sample
             mine = self._peer_rtt.get(sender)
             self._peer_rtt[sender] = sample if mine is None else 0.5 * mine + 0.5 * sample
-            self._sync_wait = None
         expected = self._next_needed()
         added = 0
         for block, cert in resp.blocks:
