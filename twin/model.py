@@ -2,10 +2,24 @@
 
 K nodes, the first M of which are block producers taking turns round-robin; a shared
 transaction stream stands for the producers' pools (a proposer takes the oldest
-transactions that have arrived); PBFT or BigFoot run message by message over a star
-network in which each node has an access link (speed in Mbit/s, one-way latency): a
-message from i to j takes validation + size / min(speed_i, speed_j) + latency_i +
-latency_j. The scenario drives node failures, link speeds and the arrival rate.
+transactions that have arrived); PBFT or BigFoot run message by message over a network
+in which each node has an access link (speed in Mbit/s) and every ordered pair a one-way
+propagation latency: latency_i + latency_j (a star), or the scenario's pairwise
+`latency_matrix_ms[i][j]` when it gives one. The scenario drives node failures, link
+speeds and the arrival rate.
+
+Sender contention (`ModelConfig.contention`, on by default): a node's uplink is a FIFO.
+Each copy of a message from i to j starts when i's uplink is free (never before now),
+holds it for size / speed_i, and arrives when both that and the pair's bottleneck
+transfer (size / min(speed_i, speed_j) from its start) are done, plus the pair's
+latency and the receiver's validation time. So a broadcast from a slow node delivers
+its copies one after another (in node order), a vote sent right after a proposal waits
+behind it, and a copy to a slow receiver delays only itself (the sender's link is not
+held at the receiver's rate: its other copies share it, as parallel TCP flows do).
+Lost messages (cut or partitioned pairs) occupy nothing; a crash drops the node's
+queued sends (copies already on their way still arrive). The uplinks' state is
+`ChainModel.busy_until`, so clones copy it. With `contention=False` every copy is sent
+at once: validation + size / min(speed_i, speed_j) + latency, as before the option.
 
 Every node runs the validators' own consensus core (`nodes.consensus`) through the
 twin's driver (`twin.simnode`), so quorum, timeouts, locks, round changes, commit rules
@@ -83,6 +97,9 @@ class ModelConfig(BaseModel):
     blocks: a node that is behind catches up in batches, as the validators do)."""
     records: Literal["none", "proposer", "all"] = "none"
     """Which nodes emit BlockSensorRecords (records cost time; the agent needs none)."""
+    contention: bool = True
+    """Serialise each node's sends on its uplink (see the module docstring); False sends
+    every copy at once, as the model did before (old golden traces compare with it)."""
 
 
 @dataclass(frozen=True)
@@ -108,18 +125,31 @@ class TwinObservation:
 
 
 class Network:
-    """Per-node access links; pairwise per-byte time and latency, recomputed on change."""
+    """Per-node access links; pairwise per-byte time and latency, recomputed on change.
 
-    def __init__(self, mbps: tuple[float, ...], latency_ms: tuple[float, ...]) -> None:
+    The latency of i -> j is `matrix_ms[i][j]` when a matrix is given, else
+    latency_ms[i] + latency_ms[j] (a star); the matrix wins over `latency_ms`, which
+    stays the per-node view the twin observes and calibrates."""
+
+    def __init__(self, mbps: tuple[float, ...], latency_ms: tuple[float, ...],
+                 matrix_ms: tuple[tuple[float, ...], ...] | None = None) -> None:
         self.latency_ms = tuple(latency_ms)
+        self.matrix_ms = matrix_ms
         self.set_speeds(mbps)
 
     def set_speeds(self, mbps: tuple[float, ...]) -> None:
         self.mbps = tuple(mbps)
         n = len(mbps)
-        lat_s = [x / 1000.0 for x in self.latency_ms]
         self.inv_bw = [[8e-6 / min(mbps[i], mbps[j]) for j in range(n)] for i in range(n)]
-        self.lat = [[lat_s[i] + lat_s[j] for j in range(n)] for i in range(n)]
+        self.inv_up = [8e-6 / x for x in mbps]
+        self.lat = self._latencies(n)
+
+    def _latencies(self, n: int) -> list[list[float]]:
+        """One-way seconds src -> dst (computed once per change, not per message)."""
+        if self.matrix_ms is not None:
+            return [[x / 1000.0 for x in row] for row in self.matrix_ms]
+        lat_s = [x / 1000.0 for x in self.latency_ms]
+        return [[lat_s[i] + lat_s[j] for j in range(n)] for i in range(n)]
 
     def delay(self, src: int, dst: int, size: int) -> float:
         return size * self.inv_bw[src][dst] + self.lat[src][dst]
@@ -151,7 +181,10 @@ class ChainModel:
                               max(c.max_round_timeout, c.round_timeout), c.fast_path_timeout,
                               first_round_extra=c.block_interval))
         iv = scenario.interval_at(0.0)
-        self.net = Network(iv.link_mbps, scenario.latency_ms)
+        self.net = Network(iv.link_mbps, scenario.latency_ms, scenario.latency_matrix_ms)
+        self.busy_until = [0.0] * k
+        """Per node: when its uplink has sent everything queued so far (contention)."""
+        self._contention = self.cfg.contention
         self.current = iv
         self.chain: list[Block] = []
         self.certs: list[Certificate] = []
@@ -197,7 +230,18 @@ class ChainModel:
             self._cost = self._wire_cost(msg)
         size, extra = self._cost
         net = self.net
-        return extra + size * net.inv_bw[src][dst] + net.lat[src][dst]
+        if not self._contention:
+            return extra + size * net.inv_bw[src][dst] + net.lat[src][dst]
+        # The copy leaves once src's uplink has sent what it queued before, holds the
+        # uplink for size / speed_src, and cannot arrive sooner than the pair's
+        # bottleneck allows. With an idle uplink d is size / min(speeds): bit for bit
+        # the uncontended delay.
+        now = self.kernel.now
+        busy = self.busy_until
+        start = busy[src] if busy[src] > now else now
+        sent = busy[src] = start + size * net.inv_up[src]
+        through = start + size * net.inv_bw[src][dst]
+        return extra + (sent if sent > through else through) - now + net.lat[src][dst]
 
     def _wire_cost(self, msg: Any) -> tuple[int, float]:
         """(bytes, seconds of validation or catch-up before the receiver acts on it)."""
@@ -316,7 +360,13 @@ class ChainModel:
         if up:
             self.nodes[node].recover()
         else:
-            self.nodes[node].fail()
+            self._fail(self.nodes[node])
+
+    def _fail(self, node: SimNode) -> None:
+        """A crash: the process and its queued sends are gone (copies already on the
+        wire are kernel events and still arrive)."""
+        node.fail()
+        self.busy_until[node.idx] = 0.0
 
     # ---- the twin's interface --------------------------------------------------------
     def apply(self, cmd: ProtocolSwitch) -> None:
@@ -344,14 +394,11 @@ class ChainModel:
 
     def observe(self) -> TwinObservation:
         """The ground-truth state (in the live loop, calibration supplies this instead)."""
-        tip = self.tip()
-        done = tip.tx_end if tip else 0
         return TwinObservation(
             now=self.now, up=tuple(n.up for n in self.nodes), link_mbps=self.net.mbps,
             latency_ms=self.net.latency_ms, tps=self.current.tps,
             tx_size=float(self.current.tx_size), protocol=self.protocol,
-            pending_txs=max(self.stream.arrived_by(self.now) - done, 0),
-            height=len(self.chain))
+            pending_txs=self.uncommitted(self.now), height=len(self.chain))
 
     def latency_between(self, t0: float, t1: float, start_block: int = 0) -> tuple[int, float]:
         """(transactions, latency sum) of blocks first committed in (t0, t1]."""
@@ -366,6 +413,13 @@ class ChainModel:
                 n += self.commit_tx[i]
                 s += self.commit_latency[i]
         return n, s
+
+    def uncommitted(self, at: float) -> int:
+        """Transactions arrived by `at` that no committed block holds (blocks take the
+        oldest first, so it is a count past the tip; `at` is meant to be >= the last
+        commit, e.g. now, as in `pending_age`)."""
+        tip = self.tip()
+        return max(self.stream.arrived_by(at) - (tip.tx_end if tip else 0), 0)
 
     def pending_age(self, at: float) -> tuple[int, float]:
         """(count, summed age) of transactions that arrived but are not yet committed."""
@@ -402,7 +456,7 @@ class ChainModel:
         offline = scenario.offline_at(now)
         for n in self.nodes:
             if n.up and n.idx in offline:
-                n.fail()
+                self._fail(n)
             elif not n.up and n.idx not in offline:
                 n.recover()
         self._schedule_world(scenario, after=now)

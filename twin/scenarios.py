@@ -2,14 +2,16 @@
 
 A scenario is what the world does to the chain: transactions per second, transaction
 size, node state (when and for how long nodes go offline) and network state (per-node
-link speeds), changing every interval TI. Workloads are named generator settings
-(twin/workloads/*.yaml) plus a seed, so WL1 and WL2 can be regenerated or replayed from
-the saved JSON of the scenario itself.
+link speeds), changing every interval TI; optionally a fixed pairwise latency matrix
+where a star (latency_i + latency_j) is too coarse (`fit_star` says by how much).
+Workloads are named generator settings (twin/workloads/*.yaml) plus a seed, so WL1 and
+WL2 can be regenerated or replayed from the saved JSON of the scenario itself.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,12 +65,19 @@ class Scenario:
     n_nodes: int
     duration: float
     latency_ms: tuple[float, ...]
-    """Per-node one-way propagation latency; a link's delay is the sum of its two ends."""
+    """Per-node one-way propagation latency; a link's delay is the sum of its two ends
+    (unless `latency_matrix_ms` gives the pairs)."""
     intervals: tuple[Interval, ...]
     outages: tuple[Outage, ...] = ()
     partitions: tuple[Partition, ...] = ()
+    latency_matrix_ms: tuple[tuple[float, ...], ...] | None = None
+    """One-way propagation latency src -> dst in ms (zero diagonal), for the whole
+    scenario; when given the model uses it instead of latency_ms[i] + latency_ms[j]."""
 
     def __post_init__(self) -> None:
+        if self.latency_matrix_ms is not None:  # stored as tuples: hashable, comparable
+            object.__setattr__(self, "latency_matrix_ms", _check_matrix(
+                self.name, self.n_nodes, self.latency_matrix_ms))
         for o in self.outages:
             if not 0 <= o.node < self.n_nodes or o.end < o.start or o.kind not in ("crash", "cut"):
                 raise ValueError(f"scenario {self.name!r}: bad outage {o} "
@@ -135,6 +144,7 @@ class Scenario:
             partitions=tuple(Partition(tuple(tuple(int(i) for i in g) for g in p["groups"]),
                                        float(p["start"]), float(p["end"]))
                              for p in d.get("partitions", ())),
+            latency_matrix_ms=d.get("latency_matrix_ms"),
         )
 
     def save(self, path: Path) -> None:
@@ -143,6 +153,42 @@ class Scenario:
     @classmethod
     def load(cls, path: Path) -> Scenario:
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def _check_matrix(name: str, n: int, matrix: Any) -> tuple[tuple[float, ...], ...]:
+    """The matrix as tuples of floats, or a ValueError naming the scenario and the fault
+    (a bad matrix would otherwise surface as an IndexError deep in a run)."""
+    rows = tuple(tuple(float(x) for x in row) for row in matrix)
+    if len(rows) != n or any(len(r) != n for r in rows):
+        shape = f"{len(rows)} rows of lengths {sorted({len(r) for r in rows})}"
+        raise ValueError(f"scenario {name!r}: latency_matrix_ms must be {n} x {n} "
+                         f"(n_nodes), got {shape}")
+    for i, row in enumerate(rows):
+        for j, x in enumerate(row):
+            if not (math.isfinite(x) and x >= 0) or (i == j and x != 0):
+                raise ValueError(f"scenario {name!r}: latency_matrix_ms[{i}][{j}] = {x}: "
+                                 "need finite ms >= 0 and a zero diagonal")
+    return rows
+
+
+def fit_star(matrix: Any) -> tuple[tuple[float, ...], float]:
+    """Per-node latencies lat with lat_i + lat_j closest to matrix[i][j] (least squares
+    over all ordered pairs i != j) and the rms error in ms over those pairs: what a star
+    network misses of a measured matrix. Unconstrained: far from a star, a fitted
+    latency can come out negative."""
+    m = np.asarray(matrix, dtype=float)
+    n = m.shape[0]
+    if m.shape != (n, n) or n < 2:
+        raise ValueError(f"fit_star needs a square matrix of 2+ nodes, got shape {m.shape}")
+    src, dst = np.nonzero(~np.eye(n, dtype=bool))
+    design = np.zeros((len(src), n))
+    rows = np.arange(len(src))
+    design[rows, src] = 1.0
+    design[rows, dst] += 1.0
+    target = m[src, dst]
+    lat, *_ = np.linalg.lstsq(design, target, rcond=None)
+    rms = float(np.sqrt(np.mean((design @ lat - target) ** 2)))
+    return tuple(float(x) for x in lat), rms
 
 
 Range = tuple[float, float]
