@@ -1,13 +1,31 @@
-"""The twin paper's figures 4a, 4b and 5 as simulation jobs (see twin/jobs.py).
+"""The twin paper's figures 4a, 4b and 5, and the switching evaluation, as simulation jobs.
 
-Each run writes CSVs into the run folder, then draws the figure from those CSVs only
-(`report_*` redraws it later). Every repetition seed draws its own WL1 and WL2 from the
-named workloads (twin/workloads/*.yaml); the scenarios are saved as JSON for replay.
+Every job separates training from evaluation (issue 19):
+
+- **Training** (offline, before deployment, in the twin's own model): each repetition
+  seed trains a Q-agent on `train_scenarios` scenarios the scenario generator draws from
+  the training workload, cycled for `episodes` episodes. Their seeds come from a stream
+  of their own (`train_seeds`), so they never coincide with an evaluation seed.
+- **Evaluation** (deployment, held out): each repetition seed draws a fresh scenario of
+  the evaluation workload with the experiment seed + i. The policies decide from the
+  digital twin only (calibrated from the block sensor records; twin.digital); the
+  oracle (twin.oracle) and the fixed protocols give the references.
+
+Statistics are paired by seed: per method the mean latency with its 95% t interval,
+and the per-seed difference to the best fixed protocol (the fixed protocol with the
+lowest mean over the evaluation seeds) with its interval and whether it excludes 0;
+the oracle's switching gain and each policy's share of it captured. The shipped
+experiment files evaluate on seeds 1001 on; the settings were tuned on seeds 1-10.
+
+Each run writes CSVs into the run folder and draws the figures from those CSVs only
+(`report_*` redraws them later).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +36,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from testbed.stats import mean_ci  # noqa: E402
+from testbed.stats import mean_ci, paired_diff  # noqa: E402
 from twin.agentplus import AgentPlus, AgentPlusSettings  # noqa: E402
 from twin.agents import QAgent, QSettings  # noqa: E402
 from twin.env import EnvSettings  # noqa: E402
 from twin.experiment import (  # noqa: E402
+    EpisodeResult,
     Learner,
+    Policy,
     agent_plus_policy,
     fixed,
     q_policy,
@@ -31,8 +51,23 @@ from twin.experiment import (  # noqa: E402
     train,
     whatif_policy,
 )
-from twin.scenarios import load_workload  # noqa: E402
+from twin.oracle import oracle_episode  # noqa: E402
+from twin.scenarios import Scenario, WorkloadSpec, load_workload  # noqa: E402
 from twin.whatif import WhatIfOptimiser, WhatIfSettings  # noqa: E402
+
+TRAIN_SEED_BASE = 10_000_000
+"""Training scenarios use seeds from here on (repetition seed * 1000 + k): disjoint from
+every evaluation seed the experiment files use."""
+POLICIES = ("agent", "agent+", "whatif")
+"""Methods that decide (the rest are references)."""
+
+
+def _switches(actions: list[int]) -> int:
+    return sum(a != b for a, b in itertools.pairwise(actions))
+
+
+def train_seeds(seed: int, n: int) -> list[int]:
+    return [TRAIN_SEED_BASE + seed * 1000 + k for k in range(n)]
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -50,236 +85,381 @@ def _read(path: Path) -> list[dict[str, str]]:
 class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seeds: int = Field(default=5, ge=1)
-    """Repetitions; seed i uses experiment seed + i for workloads and agents."""
+    seeds: int = Field(default=10, ge=1)
+    """Repetitions; repetition i evaluates on experiment seed + i (held out) and trains
+    on its own generated scenarios (`train_seeds`)."""
     episodes: int = Field(default=50, ge=1)
-    """Training episodes (passes over WL1)."""
+    """Offline training episodes per repetition."""
+    train_scenarios: int = Field(default=5, ge=1)
+    """Distinct generated training scenarios per repetition, cycled over the episodes."""
     train_workload: str = "wl1"
-    """Workload name (twin/workloads/<name>.yaml) or path used for training."""
+    """Workload name (twin/workloads/<name>.yaml) or path the agents are trained on."""
     env: EnvSettings = EnvSettings()
-    """Decision step, reward measure and chain parameters."""
+    """Decision step, reward measure, state encoder, protocols, chain parameters."""
     q: QSettings = QSettings()
     """Q-learning settings."""
 
 
-class Fig4aSettings(_Common):
-    """Figure 4a: agent training on WL1 against always-PBFT and always-BigFoot."""
+class _Evaluation(_Common):
+    eval_workload: str = "wl2"
+    """Workload of the held-out evaluation."""
+    eval_episodes: int = Field(default=1, ge=1)
+    """Passes over each evaluation scenario (the agents keep learning online)."""
+    whatif: WhatIfSettings = WhatIfSettings()
+    """What-if simulation per decision (agent+ and the what-if optimiser)."""
+    agent_plus: AgentPlusSettings = AgentPlusSettings()
+    """When agent+ asks the what-if simulation, and how its outcomes train it."""
+    include_whatif: bool = True
+    """Also run the pure what-if optimiser (figure 5 compares its runtime)."""
+    include_oracle: bool = True
+    """Also run the hindsight oracle (switching gain and share captured)."""
 
 
-class Fig4bSettings(_Common):
-    """Figure 4b (and the data of figure 5): WL2 with agent, agent+, PBFT, BigFoot, what-if."""
+class Fig4aSettings(_Evaluation):
+    """Figure 4a: agent training on WL1 (in-sample curve) and a held-out WL1 evaluation."""
+
+    eval_workload: str = "wl1"
+    """Workload of the held-out evaluation (fresh scenarios of the training workload)."""
+    include_whatif: bool = False
+
+
+class Fig4bSettings(_Evaluation):
+    """Figure 4b (and the data of figure 5): trained on WL1, deployed on drifted WL2."""
 
     eval_workload: str = "wl2"
     """The drifted workload (the system at a later stage)."""
-    eval_episodes: int = Field(default=5, ge=1)
-    """Passes over WL2 (the agents keep learning online from real steps)."""
-    whatif: WhatIfSettings = WhatIfSettings()
-    """What-if simulation per decision."""
-    agent_plus: AgentPlusSettings = AgentPlusSettings()
-    """When agent+ asks the what-if simulation."""
-    include_whatif: bool = True
-    """Also run the pure what-if optimiser (needed for figure 5 and the 5% check)."""
 
 
 class Fig5Settings(Fig4bSettings):
     """Figure 5: decision runtime of what-if optimisation vs agent+ over the WL2 horizon."""
 
 
-# ---- figure 4a ---------------------------------------------------------------------------
-def run_fig4a(params: Fig4aSettings, ctx: Any) -> dict[str, Any]:
+class SwitchingSettings(_Evaluation):
+    """A workload where the best protocol changes over time (twin/workloads/wl3.yaml)."""
+
+    train_workload: str = "wl3"
+    eval_workload: str = "wl3"
+
+
+# ---- training ----------------------------------------------------------------------------
+def pretrain(params: _Common, seed: int, wl: WorkloadSpec,
+             on_episode: Callable[[int, Scenario, EpisodeResult, float], None] | None = None
+             ) -> QAgent:
+    """Offline Q-learning on generated scenarios of `wl` (see the module docstring)."""
+    agent = QAgent(len(params.env.protocols), params.q, seed)
+    pool = [wl.scenario(s) for s in train_seeds(seed, params.train_scenarios)]
+    for ep in range(params.episodes):
+        sc = pool[ep % len(pool)]
+        res = train(agent, sc, params.env, 1, epsilon_episode=ep)[0]
+        if on_episode:
+            on_episode(ep, sc, res, agent.epsilon(ep))
+    return agent
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+def _tracked(policy: Policy, keys: list[tuple[int, ...]]) -> Policy:
+    def act(ctx: Any, key: tuple[int, ...]) -> int:
+        keys.append(key)
+        return policy(ctx, key)
+    return act
+
+
+def evaluate_seed(params: _Evaluation, seed: int, agent: QAgent, train_wl: WorkloadSpec,
+                  eval_wl: WorkloadSpec, out: Path,
+                  progress: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
+    """Every method on the held-out scenario of `seed`; one row per method and pass."""
+    sc = eval_wl.scenario(seed)
+    sc.save(out / f"{eval_wl.name}_seed{seed}.json")
+    step = params.env.step_seconds
+    seen = {k for k, t in agent.tries.items() if t.sum() > 0}
+    # What-if draws futures from what the twin knew before deployment: the training
+    # workload's generator, around the calibrated present (not the evaluation truth).
+    protocols = params.env.protocols
+    plus = AgentPlus(agent.copy(seed), WhatIfOptimiser(train_wl.generator, step,
+                                                       params.whatif, seed, protocols),
+                     params.agent_plus)
+    methods: list[tuple[str, Policy | None, Learner | None]] = [
+        (p, fixed(a), None) for a, p in enumerate(params.env.protocols)]
+    online = agent.copy(seed)
+    methods += [("agent", q_policy(online), online), ("agent+", agent_plus_policy(plus), plus)]
+    if params.include_whatif:
+        methods.append(("whatif", whatif_policy(WhatIfOptimiser(
+            train_wl.generator, step, params.whatif, seed, protocols)), None))
+    rows: list[dict[str, Any]] = []
+    for name, policy, learner in methods:
+        assert policy is not None
+        for ep in range(params.eval_episodes):
+            keys: list[tuple[int, ...]] = []
+            calls0 = plus.whatif_decisions
+            res = run_episode(sc, params.env, _tracked(policy, keys), learner)
+            rows.append({
+                "seed": seed, "method": name, "episode": ep + 1, "latency": res.latency,
+                "decision_seconds": res.decision_seconds,
+                "uncommitted": res.uncommitted, "safety_violations": res.safety_violations,
+                "unseen_share": sum(k not in seen for k in keys) / max(len(keys), 1),
+                "whatif_share": ((plus.whatif_decisions - calls0) / max(len(keys), 1)
+                                 if name == "agent+" else (1.0 if name == "whatif" else 0.0)),
+                "switches": _switches(res.actions),
+            })
+        progress(f"seed {seed}: {name} done")
+    if params.include_oracle:
+        o = oracle_episode(sc, params.env, params.env.protocols)
+        rows.append({"seed": seed, "method": "oracle", "episode": 1, "latency": o.latency,
+                     "decision_seconds": o.seconds, "uncommitted": o.uncommitted,
+                     "safety_violations": o.safety_violations, "unseen_share": 0.0,
+                     "whatif_share": 1.0,
+                     "switches": _switches(o.actions)})
+    return rows
+
+
+def _evaluation_runs(params: _Evaluation, ctx: Any,
+                     on_train: Callable[[int, int, Scenario, EpisodeResult, float], None]
+                     | None = None) -> list[dict[str, Any]]:
     out = Path(ctx.run_dir)
-    wl = load_workload(params.train_workload)
-    ep_rows: list[dict[str, Any]] = []
-    base_rows: list[dict[str, Any]] = []
+    train_wl = load_workload(params.train_workload)
+    eval_wl = load_workload(params.eval_workload)
+    rows: list[dict[str, Any]] = []
     for i in range(params.seeds):
         seed = ctx.seed + i
-        sc = wl.scenario(seed)
-        sc.save(out / f"{wl.name}_seed{seed}.json")
-        for a, name in enumerate(("pbft", "bigfoot")):
-            res = run_episode(sc, params.env, fixed(a))
-            base_rows.append({"seed": seed, "method": name, "latency": res.latency,
-                              "safety_violations": res.safety_violations})
-        agent = QAgent(2, params.q, seed)
+        ctx.progress(i / params.seeds, f"seed {seed}: training on {train_wl.name}")
 
-        def log(ep: int, res: Any, seed: int = seed, i: int = i, agent: QAgent = agent) -> None:
-            ep_rows.append({"seed": seed, "episode": ep + 1, "latency": res.latency,
-                            "epsilon": agent.epsilon(ep),
-                            "safety_violations": res.safety_violations})
-            ctx.progress((i + (ep + 1) / params.episodes) / params.seeds,
-                         f"seed {seed} episode {ep + 1}")
+        def log(ep: int, sc: Scenario, res: EpisodeResult, epsilon: float, seed: int = seed,
+                i: int = i) -> None:
+            ctx.progress((i + 0.5 * (ep + 1) / params.episodes) / params.seeds,
+                         f"seed {seed}: training episode {ep + 1}")
+            if on_train is not None:
+                on_train(seed, ep, sc, res, epsilon)
 
-        train(agent, sc, params.env, params.episodes, log)
-        res = run_episode(sc, params.env, q_policy(agent))
-        base_rows.append({"seed": seed, "method": "agent", "latency": res.latency,
-                          "safety_violations": res.safety_violations})
+        agent = pretrain(params, seed, train_wl, log)
         agent.save(out / f"qtable_seed{seed}.json")
+        def say(m: str, i: int = i) -> None:
+            ctx.progress((i + 0.75) / params.seeds, m)
+
+        rows += evaluate_seed(params, seed, agent, train_wl, eval_wl, out, say)
+    return rows
+
+
+# ---- statistics over the evaluation rows ---------------------------------------------------
+def _per_seed(rows: list[dict[str, str]], method: str, field: str,
+              agg: str = "mean") -> dict[str, float]:
+    seeds: dict[str, list[float]] = {}
+    for r in rows:
+        if r["method"] == method:
+            seeds.setdefault(r["seed"], []).append(float(r[field]))
+    return {s: float(np.mean(v) if agg == "mean" else np.sum(v)) for s, v in seeds.items()}
+
+
+def summarise(rows: list[dict[str, str]], protocols: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per method: mean latency, paired difference to the best fixed protocol,
+    share of the oracle's gain captured, and what the method saw and did."""
+    methods = [m for m in (*protocols, "agent", "agent+", "whatif", "oracle")
+               if any(r["method"] == m for r in rows)]
+    lat = {m: _per_seed(rows, m, "latency") for m in methods}
+    seeds = sorted(set.intersection(*(set(v) for v in lat.values())), key=int)
+    fixed_means = {p: float(np.mean([lat[p][s] for s in seeds])) for p in protocols}
+    best = min(fixed_means, key=lambda p: fixed_means[p])
+    best_v = [lat[best][s] for s in seeds]
+    oracle_mean = (float(np.mean([lat["oracle"][s] for s in seeds]))
+                   if "oracle" in lat else float("nan"))
+    room = fixed_means[best] - oracle_mean
+    out: list[dict[str, Any]] = []
+    for m in methods:
+        v = [lat[m][s] for s in seeds]
+        mu, ci = mean_ci(v)
+        d, dci, sig = paired_diff(v, best_v) if m != best else (0.0, 0.0, False)
+        extra = {f: float(np.mean(list(_per_seed(rows, m, f).values())))
+                 for f in ("unseen_share", "whatif_share", "uncommitted", "switches",
+                           "safety_violations")}
+        out.append({
+            "method": m, "seeds": len(seeds), "mean_latency": mu, "ci95": ci,
+            "best_fixed": best, "diff_vs_best_fixed": d, "diff_ci95": dci,
+            "diff_significant": sig,
+            "gain_captured": ((fixed_means[best] - mu) / room
+                              if room > 0 and m not in protocols else float("nan")),
+            "switching_gain": (room / fixed_means[best] if m == "oracle" else float("nan")),
+            "decision_seconds": float(np.mean(list(
+                _per_seed(rows, m, "decision_seconds", "sum").values()))),
+            **extra})
+    return out
+
+
+def paired_vs(rows: list[dict[str, str]], a: str, b: str) -> tuple[float, float, bool]:
+    """Per-seed paired difference a - b of mean latency."""
+    la, lb = _per_seed(rows, a, "latency"), _per_seed(rows, b, "latency")
+    seeds = sorted(set(la) & set(lb), key=int)
+    return paired_diff([la[s] for s in seeds], [lb[s] for s in seeds])
+
+
+LABELS = {"agent+": "Agent+", "agent": "Agent", "pbft": "IBFT/PBFT", "bigfoot": "BigFoot",
+          "whatif": "What-if", "oracle": "Oracle"}
+
+
+def _label(m: str) -> str:
+    return LABELS.get(m, m)
+
+
+def _draw_evaluation(ax_bar: Any, ax_diff: Any, summary: list[dict[str, Any]],
+                     title: str) -> None:
+    names = [r["method"] for r in summary]
+    ax_bar.bar([_label(m) for m in names], [r["mean_latency"] for r in summary],
+               yerr=[r["ci95"] for r in summary], capsize=4,
+               color=[f"C{i}" for i in range(len(names))])
+    ax_bar.set_ylabel("Avg. transaction latency (s)")
+    ax_bar.set_title(f"{title}: mean over {summary[0]['seeds']} seeds, 95% CI")
+    ax_bar.tick_params(axis="x", rotation=30)
+    best = summary[0]["best_fixed"]
+    others = [r for r in summary if r["method"] != best]
+    y = np.arange(len(others))
+    ax_diff.errorbar([r["diff_vs_best_fixed"] for r in others], y,
+                     xerr=[r["diff_ci95"] for r in others], fmt="o", capsize=4)
+    ax_diff.axvline(0.0, color="k", lw=0.8)
+    ax_diff.set_yticks(y, [_label(r["method"]) + (" *" if r["diff_significant"] else "")
+                           for r in others])
+    ax_diff.set_xlabel(f"Paired difference to {_label(best)} (s), 95% CI")
+    ax_diff.set_title("per seed, held out (* : CI excludes 0)")
+
+
+def _report_evaluation(run_dir: Path, title: str, stem: str) -> dict[str, Any]:
+    rows = _read(run_dir / f"{stem}_runs.csv")
+    protocols = tuple(p for p in ("pbft", "bigfoot") if any(r["method"] == p for r in rows))
+    protocols += tuple(sorted({r["method"] for r in rows} - set(protocols)
+                              - {"agent", "agent+", "whatif", "oracle"}))
+    summary = summarise(rows, protocols)
+    _write(run_dir / f"{stem}_summary.csv", summary)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    _draw_evaluation(a, b, summary, title)
+    fig.tight_layout()
+    fig.savefig(run_dir / f"{stem}.png", dpi=120)
+    plt.close(fig)
+    out: dict[str, Any] = {r["method"]: {k: r[k] for k in (
+        "mean_latency", "ci95", "diff_vs_best_fixed", "diff_ci95", "diff_significant",
+        "gain_captured", "unseen_share", "whatif_share", "uncommitted")} for r in summary}
+    if "agent+" in out and "agent" in out:
+        d, ci, sig = paired_vs(rows, "agent+", "agent")
+        out["agent+_minus_agent"] = {"mean": d, "ci95": ci, "significant": sig}
+    if "oracle" in out:
+        out["switching_gain"] = next(r["switching_gain"] for r in summary
+                                     if r["method"] == "oracle")
+    return out
+
+
+# ---- figure 4a -----------------------------------------------------------------------------
+def run_fig4a(params: Fig4aSettings, ctx: Any) -> dict[str, Any]:
+    out = Path(ctx.run_dir)
+    ep_rows: list[dict[str, Any]] = []
+    baselines: dict[tuple[int, int], dict[str, float]] = {}
+
+    def on_train(seed: int, ep: int, sc: Scenario, res: EpisodeResult, epsilon: float) -> None:
+        key = (seed, sc.seed)
+        if key not in baselines:  # the fixed protocols on this training scenario, once
+            baselines[key] = {p: run_episode(sc, params.env, fixed(a)).latency
+                              for a, p in enumerate(params.env.protocols)}
+        ep_rows.append({"seed": seed, "episode": ep + 1, "scenario_seed": sc.seed,
+                        "latency": res.latency, "epsilon": epsilon,
+                        **{f"latency_{p}": v for p, v in baselines[key].items()}})
+
+    rows = _evaluation_runs(params, ctx, on_train)
     _write(out / "fig4a_episodes.csv", ep_rows)
-    _write(out / "fig4a_final.csv", base_rows)
+    _write(out / "fig4a_eval_runs.csv", rows)
     return report_fig4a(out)
 
 
 def report_fig4a(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     eps = _read(run_dir / "fig4a_episodes.csv")
-    final = _read(run_dir / "fig4a_final.csv")
+    protocols = [k[len("latency_"):] for k in eps[0] if k.startswith("latency_")]
+    ref = protocols[0]
     by_ep: dict[int, list[float]] = {}
+    fixed_ratio: dict[str, list[float]] = {p: [] for p in protocols}
     for r in eps:
-        by_ep.setdefault(int(r["episode"]), []).append(float(r["latency"]))
+        by_ep.setdefault(int(r["episode"]), []).append(
+            float(r["latency"]) / float(r[f"latency_{ref}"]))
+        for p in protocols:
+            fixed_ratio[p].append(float(r[f"latency_{p}"]) / float(r[f"latency_{ref}"]))
     x = sorted(by_ep)
     stats = [mean_ci(by_ep[e]) for e in x]
-    summary = {m: mean_ci([float(r["latency"]) for r in final if r["method"] == m])
-               for m in ("agent", "pbft", "bigfoot")}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    summary = _report_evaluation(run_dir, "WL1 held out", "fig4a_eval")
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4))
     m = np.array([s[0] for s in stats])
     c = np.array([s[1] for s in stats])
-    ax.plot(x, m, label="Agent", color="C0")
+    ax.plot(x, m, label="Agent (training episodes)", color="C0")
     ax.fill_between(x, m - c, m + c, color="C0", alpha=0.2)
-    for name, label, color in (("pbft", "IBFT/PBFT", "C1"), ("bigfoot", "BigFoot", "C2")):
-        mu, ci = summary[name]
-        ax.axhline(mu, color=color, label=label)
-        ax.axhspan(mu - ci, mu + ci, color=color, alpha=0.15)
-    ax.set_xlabel("Episode")
-    ax.set_ylabel("Avg. transaction latency (s)")
-    ax.set_title(f"WL1 training ({len(by_ep[x[0]])} seeds, 95% CI)")
+    for i, p in enumerate(protocols):
+        ax.axhline(float(np.mean(fixed_ratio[p])), color=f"C{i + 1}", label=_label(p))
+    ax.set_xlabel("Training episode")
+    ax.set_ylabel(f"Latency / {_label(ref)} latency, same scenario")
+    ax.set_title(f"WL1 training, in sample ({len(by_ep[x[0]])} seeds, 95% CI)")
     ax.legend()
+    rows = _read(run_dir / "fig4a_eval_summary.csv")
+    for r in rows:
+        for k in ("mean_latency", "ci95", "diff_vs_best_fixed", "diff_ci95"):
+            r[k] = float(r[k])  # type: ignore[assignment]
+        r["diff_significant"] = r["diff_significant"] == "True"  # type: ignore[assignment]
+        r["seeds"] = int(r["seeds"])  # type: ignore[assignment]
+    _draw_evaluation(bx, cx, rows, "WL1 held out")
     fig.tight_layout()
     fig.savefig(run_dir / "fig4a.png", dpi=120)
     plt.close(fig)
-    rows: list[dict[str, Any]] = [{"method": k, "mean_latency": v[0], "ci95": v[1]}
-                                  for k, v in summary.items()]
-    _write(run_dir / "fig4a_summary.csv", rows)
-    return {r["method"]: {"mean": r["mean_latency"], "ci95": r["ci95"]} for r in rows}
+    final = {"in_sample_last_episode_ratio": {"mean": float(m[-1]), "ci95": float(c[-1])}}
+    return {**final, **summary}
 
 
-# ---- figure 4b / 5 -----------------------------------------------------------------------
-def _wl2_runs(params: Fig4bSettings, ctx: Any) -> list[dict[str, Any]]:
-    out = Path(ctx.run_dir)
-    train_wl = load_workload(params.train_workload)
-    eval_wl = load_workload(params.eval_workload)
-    rows: list[dict[str, Any]] = []
-    step = params.env.step_seconds
-    for i in range(params.seeds):
-        seed = ctx.seed + i
-        sc1 = train_wl.scenario(seed)
-        sc2 = eval_wl.scenario(seed)
-        sc2.save(out / f"{eval_wl.name}_seed{seed}.json")
-        ctx.progress(i / params.seeds, f"seed {seed}: training on {train_wl.name}")
-        trained = QAgent(2, params.q, seed)
-        train(trained, sc1, params.env, params.episodes)
-        agent = trained.copy(seed)
-        plus = AgentPlus(trained.copy(seed),
-                         WhatIfOptimiser(eval_wl.generator, step, params.whatif, seed),
-                         params.agent_plus)
-        opt = WhatIfOptimiser(eval_wl.generator, step, params.whatif, seed)
-        methods: list[tuple[str, Any, Learner | None]] = [
-            ("pbft", fixed(0), None), ("bigfoot", fixed(1), None),
-            ("agent", q_policy(agent), agent), ("agent+", agent_plus_policy(plus), plus)]
-        if params.include_whatif:
-            methods.append(("whatif", whatif_policy(opt), None))
-        for name, policy, learner in methods:
-            lat_n = 0.0
-            dec = 0.0
-            viol = 0
-            for ep in range(params.eval_episodes):
-                res = run_episode(sc2, params.env, policy, learner)
-                lat_n += res.latency
-                dec += res.decision_seconds
-                viol += res.safety_violations
-                rows.append({"seed": seed, "method": name, "episode": ep + 1,
-                             "latency": res.latency, "decision_seconds": res.decision_seconds,
-                             "safety_violations": res.safety_violations})
-            ctx.progress((i + 1) / params.seeds, f"seed {seed}: {name} done")
-        rows.append({"seed": seed, "method": "agent+_whatif_share", "episode": 0,
-                     "latency": plus.whatif_decisions
-                     / max(plus.whatif_decisions + plus.agent_decisions, 1),
-                     "decision_seconds": 0.0, "safety_violations": 0})
-    return rows
-
-
-def _per_seed(rows: list[dict[str, str]], method: str, field: str, agg: str) -> list[float]:
-    seeds: dict[str, list[float]] = {}
-    for r in rows:
-        if r["method"] == method:
-            seeds.setdefault(r["seed"], []).append(float(r[field]))
-    return [float(np.mean(v)) if agg == "mean" else float(np.sum(v)) for v in seeds.values()]
-
-
+# ---- figure 4b / 5 / switching ----------------------------------------------------------
 def run_fig4b(params: Fig4bSettings, ctx: Any) -> dict[str, Any]:
-    _write(Path(ctx.run_dir) / "wl2_runs.csv", _wl2_runs(params, ctx))
+    _write(Path(ctx.run_dir) / "fig4b_runs.csv", _evaluation_runs(params, ctx))
     return report_fig4b(Path(ctx.run_dir))
 
 
 def report_fig4b(run_dir: Path) -> dict[str, Any]:
-    rows = _read(Path(run_dir) / "wl2_runs.csv")
-    names = [m for m in ("agent+", "agent", "pbft", "bigfoot", "whatif")
-             if any(r["method"] == m for r in rows)]
-    summary = {m: mean_ci(_per_seed(rows, m, "latency", "mean")) for m in names}
-    labels = {"agent+": "Agent+", "agent": "Agent", "pbft": "IBFT/PBFT", "bigfoot": "BigFoot",
-              "whatif": "What-if"}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar([labels[m] for m in names], [summary[m][0] for m in names],
-           yerr=[summary[m][1] for m in names], capsize=4,
-           color=[f"C{i}" for i in range(len(names))])
-    ax.set_ylabel("Avg. transaction latency (s)")
-    ax.set_title("WL2 (mean over seeds, 95% CI)")
-    fig.tight_layout()
-    fig.savefig(Path(run_dir) / "fig4b.png", dpi=120)
-    plt.close(fig)
-    out: list[dict[str, Any]] = [{"method": m, "mean_latency": summary[m][0],
-                                  "ci95": summary[m][1]} for m in names]
-    _write(Path(run_dir) / "fig4b_summary.csv", out)
-    return {r["method"]: {"mean": r["mean_latency"], "ci95": r["ci95"]} for r in out}
+    return _report_evaluation(Path(run_dir), "WL2 (drifted), held out", "fig4b")
+
+
+def run_switching(params: SwitchingSettings, ctx: Any) -> dict[str, Any]:
+    _write(Path(ctx.run_dir) / "switching_runs.csv", _evaluation_runs(params, ctx))
+    return report_switching(Path(ctx.run_dir))
+
+
+def report_switching(run_dir: Path) -> dict[str, Any]:
+    return _report_evaluation(Path(run_dir), "WL3 (switching matters), held out",
+                              "switching")
 
 
 def run_fig5(params: Fig5Settings, ctx: Any) -> dict[str, Any]:
-    _write(Path(ctx.run_dir) / "wl2_runs.csv", _wl2_runs(params, ctx))
+    _write(Path(ctx.run_dir) / "fig4b_runs.csv", _evaluation_runs(params, ctx))
     return report_fig5(Path(ctx.run_dir))
 
 
 def report_fig5(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    rows = _read(run_dir / "wl2_runs.csv")
-    rt = {m: mean_ci(_per_seed(rows, m, "decision_seconds", "sum")) for m in ("whatif", "agent+")}
-    lat = {m: mean_ci(_per_seed(rows, m, "latency", "mean")) for m in ("whatif", "agent+")}
-    share = mean_ci(_per_seed(rows, "agent+_whatif_share", "latency", "mean"))
+    rows = _read(run_dir / "fig4b_runs.csv")
+    rt = {m: _per_seed(rows, m, "decision_seconds", "sum") for m in ("whatif", "agent+")}
+    lat = {m: _per_seed(rows, m, "latency") for m in ("whatif", "agent+")}
+    share = mean_ci(list(_per_seed(rows, "agent+", "whatif_share").values()))
+    seeds = sorted(set(rt["whatif"]) & set(rt["agent+"]), key=int)
+    rt_ci = {m: mean_ci([rt[m][s] for s in seeds]) for m in rt}
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.bar(["Simulation (What-if)", "Agent+"], [rt["whatif"][0], rt["agent+"][0]],
-           yerr=[rt["whatif"][1], rt["agent+"][1]], capsize=4, color=["C4", "C0"])
-    ax.set_ylabel("Runtime (s)")
-    ax.set_title("Decision runtime over the WL2 horizon")
+    ax.bar(["Simulation (What-if)", "Agent+"], [rt_ci["whatif"][0], rt_ci["agent+"][0]],
+           yerr=[rt_ci["whatif"][1], rt_ci["agent+"][1]], capsize=4, color=["C4", "C0"])
+    ax.set_ylabel("Decision runtime over the WL2 horizon (s)")
+    ax.set_title(f"{len(seeds)} seeds, 95% CI; agent+ asks what-if in {share[0]:.0%} "
+                 "of decisions", fontsize=9)
     fig.tight_layout()
     fig.savefig(run_dir / "fig5.png", dpi=120)
     plt.close(fig)
-    ratio = rt["agent+"][0] / rt["whatif"][0] if rt["whatif"][0] else float("nan")
-    lat_ratio = lat["agent+"][0] / lat["whatif"][0] if lat["whatif"][0] else float("nan")
     # Paired per seed: seeds differ far more in level than the methods do within a seed.
-    paired_rt = mean_ci(_paired_ratios(rows, "decision_seconds", "sum"))
-    paired_lat = mean_ci(_paired_ratios(rows, "latency", "mean"))
-    out: list[dict[str, Any]] = [{"method": m, "runtime_s": rt[m][0], "runtime_ci95": rt[m][1],
-            "mean_latency": lat[m][0], "latency_ci95": lat[m][1]} for m in rt]
-    out.append({"method": "agent+/whatif", "runtime_s": ratio, "runtime_ci95": 0.0,
-                "mean_latency": lat_ratio, "latency_ci95": 0.0})
-    out.append({"method": "agent+/whatif per seed", "runtime_s": paired_rt[0],
-                "runtime_ci95": paired_rt[1], "mean_latency": paired_lat[0],
-                "latency_ci95": paired_lat[1]})
+    rt_ratio = mean_ci([rt["agent+"][s] / rt["whatif"][s] for s in seeds if rt["whatif"][s]])
+    lat_ratio = mean_ci([lat["agent+"][s] / lat["whatif"][s] for s in seeds
+                         if lat["whatif"][s]])
+    out: list[dict[str, Any]] = [
+        {"method": m, "runtime_s": rt_ci[m][0], "runtime_ci95": rt_ci[m][1],
+         "mean_latency": float(np.mean([lat[m][s] for s in seeds]))} for m in rt]
+    out.append({"method": "agent+/whatif per seed", "runtime_s": rt_ratio[0],
+                "runtime_ci95": rt_ratio[1], "mean_latency": lat_ratio[0]})
     _write(run_dir / "fig5_summary.csv", out)
-    return {"runtime_ratio": ratio, "latency_ratio": lat_ratio,
-            "paired_runtime_ratio": {"mean": paired_rt[0], "ci95": paired_rt[1]},
-            "paired_latency_ratio": {"mean": paired_lat[0], "ci95": paired_lat[1]},
-            "agent+_whatif_share": share[0], **{r["method"]: r for r in out[:2]}}
-
-
-def _paired_ratios(rows: list[dict[str, str]], field: str, agg: str) -> list[float]:
-    """agent+ / what-if per seed, for seeds that have both."""
-    per: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        if r["method"] in ("agent+", "whatif"):
-            per.setdefault(r["seed"], {}).setdefault(r["method"], []).append(float(r[field]))
-    out = []
-    for v in per.values():
-        if len(v) == 2:
-            a, w = ((float(np.mean(x)) if agg == "mean" else float(np.sum(x)))
-                    for x in (v["agent+"], v["whatif"]))
-            if w:
-                out.append(a / w)
-    return out
+    return {"runtime_ratio": rt_ratio[0], "runtime_ratio_ci95": rt_ratio[1],
+            "latency_ratio": lat_ratio[0], "latency_ratio_ci95": lat_ratio[1],
+            "agent+_whatif_share": share[0],
+            "what_sets_it": "agent+ runs one what-if evaluation per decision it is unsure "
+                            "of (same cost as a what-if decision); its share of decisions "
+                            "sets the ratio",
+            **{r["method"]: r for r in out[:2]}}

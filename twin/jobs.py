@@ -16,3 +16,8 @@ register("twin.fig5", JobSpec(
     params="twin.figures:Fig5Settings", run="twin.figures:run_fig5",
     report="twin.figures:report_fig5",
     summary="Twin paper fig. 5: decision runtime of what-if optimisation vs agent+ on WL2"))
+register("twin.switching", JobSpec(
+    params="twin.figures:SwitchingSettings", run="twin.figures:run_switching",
+    report="twin.figures:report_switching",
+    summary="Twin switching evaluation: agent, agent+, what-if, oracle and the fixed "
+            "protocols on held-out scenarios of a workload where the best protocol changes"))

@@ -1,11 +1,12 @@
 """What-if analysis: simulate the next step under each protocol, pick the best.
 
-The twin clones its model at the current state (mempool, heights, who is down, link
-speeds) and replaces the unknown future with scenarios from the generator, conditioned
-on what it knows now: the current rate, size and speeds persist over the short horizon,
-a node that is down stays down for a drawn time, and a node that is up may fail. Every
-protocol sees the same sampled futures (common random numbers), so the comparison is
-between protocols, not between draws.
+The twin clones its model of the estimated present (`twin.digital.DigitalTwin.
+model_now`: the calibrated backlog, heights, who is down and link speeds; never the
+physical chain) and replaces the unknown future with scenarios from the generator,
+conditioned on what it knows now: the current rate, size and speeds persist over the
+short horizon, a node that is down stays down for a drawn time, and a node that is up
+may fail. Every protocol sees the same sampled futures (common random numbers), so the
+comparison is between protocols, not between draws.
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ class WhatIfSettings(BaseModel):
     """Seconds simulated per future; default the decision step TS."""
     score: RewardKind = "committed_and_waiting"
     """Latency measure of a simulated step (the environment's reward measure)."""
+    new_failures: bool = True
+    """Futures may start a failure of a node that is up (at the generator's rate); False
+    draws only how long the down nodes stay down (a point forecast of the likely
+    future rather than the generator's mix)."""
 
 
 def future_scenario(model: ChainModel, gen: GeneratorSettings, rng: np.random.Generator,
-                    horizon: float) -> Scenario:
-    """A scenario for [now, now + horizon] that starts from the model's current state."""
+                    horizon: float, new_failures: bool = True) -> Scenario:
+    """A scenario for [now, now + horizon] that starts from the model's current state
+    (`model.observe()`: on the twin's `model_now` that is the estimated state)."""
     now = model.now
     end = now + horizon
     obs = model.observe()
@@ -45,7 +51,8 @@ def future_scenario(model: ChainModel, gen: GeneratorSettings, rng: np.random.Ge
         if not up:
             outages.append(Outage(i, now, now + float(rng.uniform(0.0, gen.outage_duration[1]))))
     # The chance that a failure starts within the horizon, from the generator's rate.
-    if len(outages) < gen.max_offline and rng.uniform() < gen.outage_prob * horizon / gen.interval:
+    if (new_failures and len(outages) < gen.max_offline
+            and rng.uniform() < gen.outage_prob * horizon / gen.interval):
         node = int(rng.choice([i for i, up in enumerate(obs.up) if up]))
         start = float(rng.uniform(now, end))
         outages.append(Outage(node, start, start + float(rng.uniform(*gen.outage_duration))))
@@ -61,7 +68,7 @@ def evaluate(model: ChainModel, step_seconds: float, gen: GeneratorSettings,
     horizon = settings.horizon or step_seconds
     totals = np.zeros(len(protocols))
     for _ in range(settings.scenarios):
-        sc = future_scenario(model, gen, rng, horizon)
+        sc = future_scenario(model, gen, rng, horizon, settings.new_failures)
         iv = sc.intervals[0]
         times, sizes = poisson_arrivals(rng, iv.start, iv.end, iv.tps, iv.tx_size)
         stream = model.stream.splice(model.now, times, sizes)
@@ -79,8 +86,11 @@ class WhatIfOptimiser:
     """Decides every step by simulation alone (the twin's earlier, costly optimiser)."""
 
     def __init__(self, gen: GeneratorSettings, step_seconds: float,
-                 settings: WhatIfSettings | None = None, seed: int = 0) -> None:
+                 settings: WhatIfSettings | None = None, seed: int = 0,
+                 protocols: tuple[str, ...] = PROTOCOL_NAMES) -> None:
         self.gen = gen
+        self.protocols = protocols
+        """The actions, in the environment's order (index = action)."""
         self.step_seconds = step_seconds
         self.settings = settings or WhatIfSettings()
         self.rng = np.random.default_rng([seed, 0x3F])
@@ -90,7 +100,8 @@ class WhatIfOptimiser:
 
     def evaluate(self, model: ChainModel) -> np.ndarray:
         t = time.perf_counter()
-        values = evaluate(model, self.step_seconds, self.gen, self.settings, self.rng)
+        values = evaluate(model, self.step_seconds, self.gen, self.settings, self.rng,
+                          self.protocols)
         self.seconds += time.perf_counter() - t
         self.calls += 1
         return values

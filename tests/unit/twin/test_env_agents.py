@@ -152,9 +152,8 @@ def test_calibration_recovers_known_parameters():
     truth.run_until(60.0)
     est = estimate(truth.records, truth.cfg)
     assert est.up == {"n0": True, "n1": True, "n2": False, "n3": True, "n4": True}
-    for i, s in enumerate(speeds[:-1]):
+    for i, s in enumerate(speeds):  # with contention the fastest shows in its spacing
         assert est.link_mbps[f"n{i}"] == pytest.approx(s, rel=0.02)
-    assert est.link_mbps["n4"] == pytest.approx(10.0, rel=0.02)  # fastest: 2nd-fastest
     for i, lat in enumerate((10, 20, 30, 40, 50)):
         assert est.latency_ms[f"n{i}"] == pytest.approx(lat, abs=1.5)
     assert est.tx_size == pytest.approx(800)
@@ -178,7 +177,7 @@ def test_workloads_are_reproducible_and_replayable(tmp_path):
     assert all(len(iv.link_mbps) == 5 for iv in generate(wl.generator, 3).intervals)
 
 
-@pytest.mark.parametrize("name", ["fig4a", "fig4b", "fig5"])
+@pytest.mark.parametrize("name", ["fig4a", "fig4b", "fig5", "switching"])
 def test_experiment_files_validate(name):
     loaded = load_experiment(ROOT / "experiments" / "paper" / f"{name}.yaml")
     assert loaded.experiment.simulation.job == f"twin.{name}"
@@ -188,11 +187,20 @@ def test_fig4a_and_fig5_jobs_run_small(tmp_path):
     from twin.figures import Fig4aSettings, Fig5Settings, run_fig4a, run_fig5
 
     ctx = JobContext(run_dir=tmp_path, seed=3, progress=lambda f, m: None)
-    res = run_fig4a(Fig4aSettings(seeds=2, episodes=2), ctx)
-    assert set(res) == {"agent", "pbft", "bigfoot"}
+    res = run_fig4a(Fig4aSettings(seeds=2, episodes=2, train_scenarios=2), ctx)
+    assert {"agent", "agent+", "pbft", "bigfoot", "oracle"} <= set(res)
+    assert 0.0 <= res["agent"]["unseen_share"] <= 1.0
+    assert "agent+_minus_agent" in res and "switching_gain" in res
     assert (tmp_path / "fig4a.png").stat().st_size > 0
-    res5 = run_fig5(Fig5Settings(seeds=1, episodes=1, eval_episodes=1), ctx)
+    res5 = run_fig5(Fig5Settings(seeds=2, episodes=1, train_scenarios=1), ctx)
     assert res5["runtime_ratio"] > 0 and (tmp_path / "fig5.png").exists()
+
+
+def test_training_never_uses_an_evaluation_seed():
+    from twin.figures import train_seeds
+
+    evaluated = set(range(1, 100)) | set(range(1001, 1100))
+    assert not evaluated & {s for seed in range(1, 2000) for s in train_seeds(seed, 10)}
 
 
 @pytest.mark.smoke
@@ -201,9 +209,9 @@ def test_smoke_twin_episode_writes_csv_and_png(tmp_path):
     from twin.figures import Fig4aSettings, run_fig4a
 
     ctx = JobContext(run_dir=tmp_path, seed=1, progress=lambda f, m: None)
-    res = run_fig4a(Fig4aSettings(seeds=1, episodes=2), ctx)
-    assert set(res) == {"agent", "pbft", "bigfoot"}
-    for name in ("fig4a_episodes.csv", "fig4a_final.csv", "fig4a_summary.csv"):
+    res = run_fig4a(Fig4aSettings(seeds=1, episodes=2, train_scenarios=1), ctx)
+    assert {"agent", "pbft", "bigfoot"} <= set(res)
+    for name in ("fig4a_episodes.csv", "fig4a_eval_runs.csv", "fig4a_eval_summary.csv"):
         lines = (tmp_path / name).read_text().splitlines()
         assert len(lines) >= 2, name
     png = tmp_path / "fig4a.png"
