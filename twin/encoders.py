@@ -48,43 +48,47 @@ class EncoderSettings(BaseModel):
     """Speeds above this fall in the top bucket."""
 
 
-class PaperStateEncoder:
-    """S = (F, N_L, N_H); N_L, N_H = speed / bucket rounded, clipped to the top bucket."""
+class _SpeedBuckets:
+    """Link speeds counted in buckets of `mbps_bucket`, rounded, clipped to the top one."""
 
     def __init__(self, settings: EncoderSettings | None = None) -> None:
         s = settings or EncoderSettings()
         self.bucket = s.mbps_bucket
         self.top = int(s.max_mbps // s.mbps_bucket)
-        self.space = gym.spaces.MultiDiscrete([2, self.top + 1, self.top + 1])
 
     def _bucket(self, mbps: float) -> int:
         return int(np.clip(round(mbps / self.bucket), 0, self.top))
 
     def key(self, obs: TwinObservation) -> tuple[int, ...]:
-        return (int(not all(obs.up)), self._bucket(min(obs.link_mbps)),
-                self._bucket(max(obs.link_mbps)))
+        raise NotImplementedError
 
     def encode(self, obs: TwinObservation) -> np.ndarray:
         return np.array(self.key(obs), dtype=np.int64)
 
 
-class FailedAndSlowestEncoder:
+class PaperStateEncoder(_SpeedBuckets):
+    """S = (F, N_L, N_H); N_L, N_H = speed / bucket rounded, clipped to the top bucket."""
+
+    def __init__(self, settings: EncoderSettings | None = None) -> None:
+        super().__init__(settings)
+        self.space = gym.spaces.MultiDiscrete([2, self.top + 1, self.top + 1])
+
+    def key(self, obs: TwinObservation) -> tuple[int, ...]:
+        return (int(not all(obs.up)), self._bucket(min(obs.link_mbps)),
+                self._bucket(max(obs.link_mbps)))
+
+
+class FailedAndSlowestEncoder(_SpeedBuckets):
     """S = (number of failed nodes, N_L): what decides between the protocols in the model
     (BigFoot's fast path waits for every validator; the slowest link sets the block
     transfer time), with fewer states to learn than the paper's triple."""
 
     def __init__(self, settings: EncoderSettings | None = None) -> None:
-        s = settings or EncoderSettings()
-        self.bucket = s.mbps_bucket
-        self.top = int(s.max_mbps // s.mbps_bucket)
+        super().__init__(settings)
         self.space = gym.spaces.MultiDiscrete([8, self.top + 1])
 
     def key(self, obs: TwinObservation) -> tuple[int, ...]:
-        failed = min(sum(not u for u in obs.up), 7)
-        return (failed, int(np.clip(round(min(obs.link_mbps) / self.bucket), 0, self.top)))
-
-    def encode(self, obs: TwinObservation) -> np.ndarray:
-        return np.array(self.key(obs), dtype=np.int64)
+        return (min(sum(not u for u in obs.up), 7), self._bucket(min(obs.link_mbps)))
 
 
 ENCODERS: dict[str, Callable[[EncoderSettings], StateEncoder]] = {}

@@ -178,7 +178,7 @@ def evaluate_seed(params: _Evaluation, seed: int, agent: QAgent, train_wl: Workl
     plus = AgentPlus(agent.copy(seed), WhatIfOptimiser(train_wl.generator, step,
                                                        params.whatif, seed, protocols),
                      params.agent_plus)
-    methods: list[tuple[str, Policy | None, Learner | None]] = [
+    methods: list[tuple[str, Policy, Learner | None]] = [
         (p, fixed(a), None) for a, p in enumerate(params.env.protocols)]
     online = agent.copy(seed)
     methods += [("agent", q_policy(online), online), ("agent+", agent_plus_policy(plus), plus)]
@@ -187,7 +187,6 @@ def evaluate_seed(params: _Evaluation, seed: int, agent: QAgent, train_wl: Workl
             train_wl.generator, step, params.whatif, seed, protocols)), None))
     rows: list[dict[str, Any]] = []
     for name, policy, learner in methods:
-        assert policy is not None
         for ep in range(params.eval_episodes):
             keys: list[tuple[int, ...]] = []
             calls0 = plus.whatif_decisions
@@ -252,7 +251,7 @@ def _per_seed(rows: list[dict[str, str]], method: str, field: str,
 def summarise(rows: list[dict[str, str]], protocols: tuple[str, ...]) -> list[dict[str, Any]]:
     """One row per method: mean latency, paired difference to the best fixed protocol,
     share of the oracle's gain captured, and what the method saw and did."""
-    methods = [m for m in (*protocols, "agent", "agent+", "whatif", "oracle")
+    methods = [m for m in (*protocols, *POLICIES, "oracle")
                if any(r["method"] == m for r in rows)]
     lat = {m: _per_seed(rows, m, "latency") for m in methods}
     seeds = sorted(set.intersection(*(set(v) for v in lat.values())), key=int)
@@ -319,18 +318,19 @@ def _draw_evaluation(ax_bar: Any, ax_diff: Any, summary: list[dict[str, Any]],
     ax_diff.set_title("per seed, held out (* : CI excludes 0)")
 
 
-def _report_evaluation(run_dir: Path, title: str, stem: str) -> dict[str, Any]:
+def _summary(run_dir: Path, stem: str) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """The `<stem>_runs.csv` rows and their summary (written to `<stem>_summary.csv`)."""
     rows = _read(run_dir / f"{stem}_runs.csv")
     protocols = tuple(p for p in ("pbft", "bigfoot") if any(r["method"] == p for r in rows))
     protocols += tuple(sorted({r["method"] for r in rows} - set(protocols)
-                              - {"agent", "agent+", "whatif", "oracle"}))
+                              - {*POLICIES, "oracle"}))
     summary = summarise(rows, protocols)
     _write(run_dir / f"{stem}_summary.csv", summary)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    _draw_evaluation(a, b, summary, title)
-    fig.tight_layout()
-    fig.savefig(run_dir / f"{stem}.png", dpi=120)
-    plt.close(fig)
+    return rows, summary
+
+
+def _result(rows: list[dict[str, str]], summary: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a job returns: per method its numbers, agent+ vs agent, the switching gain."""
     out: dict[str, Any] = {r["method"]: {k: r[k] for k in (
         "mean_latency", "ci95", "diff_vs_best_fixed", "diff_ci95", "diff_significant",
         "gain_captured", "unseen_share", "whatif_share", "uncommitted")} for r in summary}
@@ -341,6 +341,16 @@ def _report_evaluation(run_dir: Path, title: str, stem: str) -> dict[str, Any]:
         out["switching_gain"] = next(r["switching_gain"] for r in summary
                                      if r["method"] == "oracle")
     return out
+
+
+def _report_evaluation(run_dir: Path, title: str, stem: str) -> dict[str, Any]:
+    rows, summary = _summary(run_dir, stem)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    _draw_evaluation(a, b, summary, title)
+    fig.tight_layout()
+    fig.savefig(run_dir / f"{stem}.png", dpi=120)
+    plt.close(fig)
+    return _result(rows, summary)
 
 
 # ---- figure 4a -----------------------------------------------------------------------------
@@ -378,7 +388,7 @@ def report_fig4a(run_dir: Path) -> dict[str, Any]:
             fixed_ratio[p].append(float(r[f"latency_{p}"]) / float(r[f"latency_{ref}"]))
     x = sorted(by_ep)
     stats = [mean_ci(by_ep[e]) for e in x]
-    summary = _report_evaluation(run_dir, "WL1 held out", "fig4a_eval")
+    rows, summary = _summary(run_dir, "fig4a_eval")
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4))
     m = np.array([s[0] for s in stats])
     c = np.array([s[1] for s in stats])
@@ -390,18 +400,12 @@ def report_fig4a(run_dir: Path) -> dict[str, Any]:
     ax.set_ylabel(f"Latency / {_label(ref)} latency, same scenario")
     ax.set_title(f"WL1 training, in sample ({len(by_ep[x[0]])} seeds, 95% CI)")
     ax.legend()
-    rows = _read(run_dir / "fig4a_eval_summary.csv")
-    for r in rows:
-        for k in ("mean_latency", "ci95", "diff_vs_best_fixed", "diff_ci95"):
-            r[k] = float(r[k])  # type: ignore[assignment]
-        r["diff_significant"] = r["diff_significant"] == "True"  # type: ignore[assignment]
-        r["seeds"] = int(r["seeds"])  # type: ignore[assignment]
-    _draw_evaluation(bx, cx, rows, "WL1 held out")
+    _draw_evaluation(bx, cx, summary, "WL1 held out")
     fig.tight_layout()
     fig.savefig(run_dir / "fig4a.png", dpi=120)
     plt.close(fig)
     final = {"in_sample_last_episode_ratio": {"mean": float(m[-1]), "ci95": float(c[-1])}}
-    return {**final, **summary}
+    return {**final, **_result(rows, summary)}
 
 
 # ---- figure 4b / 5 / switching ----------------------------------------------------------
