@@ -152,7 +152,7 @@ def run_episode(scenario: Scenario, settings: EnvSettings, policy: Policy,
         key = nxt
     res.latency = env.episode_latency()
     res.safety_violations = len(physical.violations)
-    res.uncommitted = physical.pending_age(physical.now)[0]
+    res.uncommitted = physical.uncommitted(physical.now)
     return res
 
 

@@ -108,7 +108,7 @@ def oracle_episode(scenario: Scenario, settings: EnvSettings | None = None,
         result.scores.append(scores)
     result.latency = env.episode_latency()
     result.safety_violations = len(model.violations)
-    result.uncommitted = model.pending_age(model.now)[0]
+    result.uncommitted = model.uncommitted(model.now)
     result.seconds = time.perf_counter() - start
     return result
 

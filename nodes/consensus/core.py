@@ -154,11 +154,11 @@ class Core:
         self._synced = 0
         self._last_sync_req = float("-inf")
         self._sync_wait: tuple[NodeId, float] | None = None
+        """The one sync request in flight: (asked peer, sent at)."""
         self._given_up: dict[NodeId, float] = {}
         """Peers whose answer we stopped waiting for -> when we asked: a late answer
         still measures them (else a give-up time shorter than every true answer time
         would never grow)."""
-        """The one sync request in flight: (asked peer, sent at)."""
         self._sync_rtt: float | None = None
         """Smoothed time from a sync request to its answer (sets the give-up time)."""
         self._peer_rtt: dict[NodeId, float] = {}
