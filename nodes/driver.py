@@ -112,8 +112,10 @@ def restore_core(me: str, validators: Iterable[str], config: CoreConfig, auth: A
     votes = [(Vote(phase, height, r, me, digest, sig),
               Block.from_wire(json.loads(bj)) if bj else None)
              for r, phase, digest, sig, bj in ledger.load_votes(height)]
+    tip = ledger.get(ledger.height) if ledger.height else None
     return Core(me, Committee(list(validators), auth), config, blocks, schedule,
-                ledger.height, ledger.tip_hash if ledger.height else None, votes)
+                ledger.height, ledger.tip_hash if ledger.height else None, votes,
+                blocks.voters(tip[0]) if tip is not None else None)
 
 
 class AsyncDriver:

@@ -35,7 +35,14 @@ from nodes.sensor import BlockSensorRecord, RoundChange, VoteTiming
 from nodes.telemetry import Telemetry
 from nodes.transport import Connection, DelayFn, Transport, check_congestion
 from nodes.tx import Transaction, TxRejected
-from nodes.wire import CONSENSUS_KINDS, SYNC_KINDS, cert_from_wire, cert_to_wire, message_bytes
+from nodes.wire import (
+    CONSENSUS_KINDS,
+    SYNC_KINDS,
+    cert_from_wire,
+    cert_to_wire,
+    cert_voters,
+    message_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +255,7 @@ class Node:
             round_changes=tuple(RoundChange(r, t, why) for r, t, why in info.round_changes),
             silent=tuple(str(v) for v in info.silent),
             validators=tuple(self.validators),
+            cert_voters=tuple(sorted(cert_voters(block.prev_cert) or ())),
             synced=info.synced,
         )
         self._record = rec
@@ -300,7 +308,9 @@ class Node:
                 await asyncio.wait_for(self._content.wait(), max(wait, 0.001))
 
     def build_block(self, height: int, protocol: str | None = None,
-                    now: float | None = None) -> Block:
+                    now: float | None = None, prev_cert: Certificate | None = None) -> Block:
+        """`prev_cert`: the core's certificate of our tip with the late COMMITs (who was
+        heard from: the next height's proposer pool); else the one we committed with."""
         t = self.genesis.timing
         at = time.time() if now is None else now
         return Block.create(
@@ -312,7 +322,7 @@ class Node:
             at,
             self.mempool.take(t.max_block_txs, t.max_block_bytes, at),
             self.mempool.take_reconfigs(),
-            self.tip_cert,
+            cert_to_wire(prev_cert) if prev_cert is not None else self.tip_cert,
             self.tip_record,
         )
 
@@ -529,8 +539,9 @@ class NodeBlocks:
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    def build(self, height: int, parent: Any, protocol: str, now: float) -> Block:
-        return self.node.build_block(height, protocol, now)
+    def build(self, height: int, parent: Any, protocol: str, now: float,
+              prev_cert: Certificate | None = None) -> Block:
+        return self.node.build_block(height, protocol, now, prev_cert)
 
     def check(self, block: Block, parent: Any) -> str | None:
         try:
@@ -545,3 +556,6 @@ class NodeBlocks:
     def size(self, block: Block) -> int:
         """An estimate (the wire form of a transaction adds ~200 bytes to its payload)."""
         return 1000 + block.tx_bytes + 200 * len(block.txs)
+
+    def voters(self, block: Block) -> frozenset[str] | None:
+        return cert_voters(block.prev_cert)

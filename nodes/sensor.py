@@ -66,6 +66,9 @@ class BlockSensorRecord:
     """Validators from which no vote for this block arrived."""
     validators: tuple[str, ...] = field(default=())
     """The validator set at this height."""
+    cert_voters: tuple[str, ...] = ()
+    """Validators named in the certificate the block carries (its parent's): the
+    proposer pool of the next height (`Committee.proposer_order`); empty for none."""
     synced: bool = False
     """The recorder got this block by state transfer (catching up), not by voting:
     `votes`, `silent` and `round_changes` are then empty and times are arrival times."""
@@ -84,6 +87,7 @@ class BlockSensorRecord:
         d["round_changes"] = tuple(RoundChange(**r) for r in d.get("round_changes", ()))
         d["silent"] = tuple(d.get("silent", ()))
         d["validators"] = tuple(d.get("validators", ()))
+        d["cert_voters"] = tuple(d.get("cert_voters", ()))
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:

@@ -75,6 +75,17 @@ def cert_from_wire(data: object) -> Certificate:
         raise BlockInvalid(f"malformed certificate: {exc!r}") from exc
 
 
+def cert_voters(data: object) -> frozenset[str] | None:
+    """Validators a block's `prev_cert` (wire form, checked with the block) names; None
+    for no certificate or one that does not parse (then the proposer order is plain)."""
+    if data is None:
+        return None
+    try:
+        return frozenset(str(v.validator) for v in cert_from_wire(data).votes)
+    except BlockInvalid:
+        return None
+
+
 # ---- encoding -------------------------------------------------------------------------
 def encode(msg: Any, sent_at: float = 0.0) -> dict[str, Any]:
     t = type(msg)

@@ -35,15 +35,16 @@ class Producer(Protocol):
 
     idx: int
     tip: Any
+    tip_voters: frozenset[int] | None
 
 
 class Block:
     __slots__ = ("id", "digest", "parent", "height", "proposer", "tx_start", "tx_end",
-                 "tx_bytes", "size_bytes", "proposed_at", "protocol")
+                 "tx_bytes", "size_bytes", "proposed_at", "protocol", "voters")
 
     def __init__(self, id: int, height: int, proposer: int, tx_start: int, tx_end: int,
                  tx_bytes: int, size_bytes: int, proposed_at: float, protocol: str,
-                 parent: int | None = None) -> None:
+                 parent: int | None = None, voters: frozenset[int] | None = None) -> None:
         self.id = self.digest = id
         self.parent = parent
         self.height = height
@@ -54,6 +55,9 @@ class Block:
         self.size_bytes = size_bytes
         self.proposed_at = proposed_at
         self.protocol = protocol
+        self.voters = voters
+        """Who voted in the builder's certificate of the parent (a validator's block
+        carries that certificate): the next height's proposer pool."""
 
     @property
     def tx_count(self) -> int:
@@ -75,7 +79,8 @@ class TwinBlocks:
         self.node = node
         self.model = model
 
-    def build(self, height: int, parent: Any, protocol: str, now: float) -> Block:
+    def build(self, height: int, parent: Any, protocol: str, now: float,
+              prev_cert: Any = None) -> Block:
         model = self.model
         tip = self.node.tip
         start = tip.tx_end if tip is not None else 0
@@ -83,7 +88,9 @@ class TwinBlocks:
         end = stream.take(start, now, model.cfg.max_block_bytes)
         txb = stream.bytes_between(start, end)
         return Block(model.next_block_id(), height, self.node.idx, start, end, txb,
-                     txb + model.cfg.block_header_bytes, now, protocol, parent)
+                     txb + model.cfg.block_header_bytes, now, protocol, parent,
+                     self.node.tip_voters if prev_cert is None
+                     else frozenset(v.validator for v in prev_cert.votes))
 
     def check(self, block: Any, parent: Any) -> str | None:
         return None if block.parent == parent else "block does not extend our tip"
@@ -93,3 +100,6 @@ class TwinBlocks:
 
     def size(self, block: Any) -> int:
         return int(block.size_bytes)
+
+    def voters(self, block: Any) -> frozenset[int] | None:
+        return block.voters  # type: ignore[no-any-return]

@@ -47,7 +47,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nodes.consensus.ports import NullAuth
 from nodes.consensus.quorum import quorum_size
+from nodes.consensus.values import Committee
 from nodes.sensor import BlockSensorRecord
 from twin.model import ChainModel, ModelConfig
 from twin.scenarios import Interval
@@ -123,9 +125,11 @@ def _observations(by_height: Mapping[int, list[BlockSensorRecord]], idx: dict[st
         for r in by_height[h]:
             if not r.synced:
                 by_round[r.round].append(r)
+        prev = by_height.get(h - 1, ())
+        pool = frozenset(prev[0].cert_voters) if prev and cfg.proposer_pool else frozenset()
         for rnd, rs in by_round.items():
             since = {idx[r.recorder]: entered.get((r.recorder, h), -math.inf) for r in rs}
-            b = _broadcast(h, rnd, rs, idx, since, cfg)
+            b = _broadcast(h, rnd, rs, idx, since, cfg, pool)
             if b is not None:
                 props.append(b)
             if rnd == 0 and b is not None:
@@ -134,8 +138,10 @@ def _observations(by_height: Mapping[int, list[BlockSensorRecord]], idx: dict[st
 
 
 def _broadcast(h: int, rnd: int, rs: list[BlockSensorRecord], idx: dict[str, int],
-               since: dict[int, float], cfg: ModelConfig) -> _Broadcast | None:
-    """Round 0: the builder's proposal. Round r: the round-robin proposer of round r
+               since: dict[int, float], cfg: ModelConfig,
+               pool: frozenset[str] = frozenset()) -> _Broadcast | None:
+    """Round 0: the builder's proposal. Round r: the proposer of round r (in the order
+    `pool`, the previous block's certificate voters, gives: `Committee.proposer_order`)
     re-proposing the block (a block built in round r is skipped: its justification
     carries blocks of unknown size)."""
     first = rs[0]
@@ -144,7 +150,8 @@ def _broadcast(h: int, rnd: int, rs: list[BlockSensorRecord], idx: dict[str, int
         sent = first.proposed_at
     else:
         validators = first.validators
-        name = validators[(h + rnd) % len(validators)]
+        order = Committee(validators, NullAuth()).proposer_order(h, pool or None)
+        name = order[rnd % len(validators)]
         mine = [r for r in rs if r.recorder == name]
         if not mine or name not in idx:
             return None
@@ -351,7 +358,8 @@ def _confirms(c: _Copies, m: int, k: int, speed: np.ndarray, tolerance: float = 
     offset = np.zeros(len(c.Y))
     for g in range(m):
         mine = c.G == g
-        offset[mine] = max(statistics.median((c.Y - transfer)[mine].tolist()), 0.0)
+        if mine.any():  # a broadcast whose copies were all left out has no offset
+            offset[mine] = max(statistics.median((c.Y - transfer)[mine].tolist()), 0.0)
     if np.mean(np.abs((offset + transfer) / c.Y - 1.0) > tolerance) > outliers:
         return None
     depends = np.zeros(k, dtype=bool)

@@ -58,7 +58,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -175,6 +175,8 @@ class _BlockInfo:
     tx_count: int
     tx_bytes: int
     block_bytes: int
+    voters: frozenset[int] | None
+    """Who the certificate the block carries names (the next height's proposer pool)."""
 
 
 def _mid(r: tuple[float, float]) -> float:
@@ -272,8 +274,9 @@ class DigitalTwin:
     def _new_height(self, h: int, r: BlockSensorRecord) -> None:
         if h != len(self._commits) + 1:  # heights commit in order: a gap is a lost feed
             raise ValueError(f"record for height {h} after height {len(self._commits)}")
+        voters = frozenset(self._idx[v] for v in r.cert_voters if v in self._idx)
         self._blocks[h] = _BlockInfo(self._idx[r.proposer], r.protocol, r.proposed_at,
-                                     r.tx_count, r.tx_bytes, r.block_bytes)
+                                     r.tx_count, r.tx_bytes, r.block_bytes, voters or None)
         self._committed += r.tx_count
         self._commits.append(r.committed_at)
 
@@ -413,6 +416,9 @@ class DigitalTwin:
         model.schedule = self._schedule()
         for node, tip in zip(model.nodes, tips, strict=True):
             node.tip = self._chain[tip - 1] if tip else None
+            cert = model.certs[tip - 1] if tip else _SPENT
+            node.tip_voters = (frozenset(cast(int, v.validator) for v in cert.votes)
+                               if cert is not _SPENT else None)
             node.votes = []
         model.run_until(now)  # the up nodes start at `start` and run to now
         return model
@@ -441,9 +447,13 @@ class DigitalTwin:
             b = self._blocks[h]
             parent = _BLOCK_ID_BASE + h - 1 if h > 1 else None
             block = Block(_BLOCK_ID_BASE + h, h, b.proposer, 0, 0, b.tx_bytes, b.block_bytes,
-                          b.proposed_at, b.protocol, parent)
+                          b.proposed_at, b.protocol, parent, b.voters)
             self._chain.append(block)
             self._certs.append(Certificate(h, 0, block.digest, quorum))
+            if h > 1 and b.voters:  # block h carries a certificate of h - 1 naming them
+                prev = self._certs[h - 2]
+                self._certs[h - 2] = Certificate(h - 1, prev.round, prev.digest, tuple(
+                    CertVote(v, "commit", "") for v in sorted(b.voters)))
 
     def _schedule(self) -> Schedule:
         """The protocols of the recorded heights, then the one in force."""

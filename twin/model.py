@@ -100,6 +100,11 @@ class ModelConfig(BaseModel):
     contention: bool = True
     """Serialise each node's sends on its uplink (see the module docstring); False sends
     every copy at once, as the model did before (old golden traces compare with it)."""
+    proposer_pool: bool = False
+    """Run the core's proposer pool (validators heard from in the last certificate
+    propose first: `CoreConfig.proposer_pool`). Off: the twin paper's round robin, which
+    its figures model; on, the farthest validators stop proposing under load, so their
+    uplinks go unobserved by calibration (docs/decisions.md, session 9)."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,8 @@ class ChainModel:
         self.core_config = CoreConfig(
             timeouts=Timeouts(c.round_timeout, c.round_backoff,
                               max(c.max_round_timeout, c.round_timeout), c.fast_path_timeout,
-                              first_round_extra=c.block_interval))
+                              first_round_extra=c.block_interval),
+            proposer_pool=c.proposer_pool)
         iv = scenario.interval_at(0.0)
         self.net = Network(iv.link_mbps, scenario.latency_ms, scenario.latency_matrix_ms)
         self.busy_until = [0.0] * k
@@ -220,7 +226,8 @@ class ChainModel:
         tip = node.tip
         return Core(node.idx, self.committee, self.core_config, TwinBlocks(node, self),
                     copy.deepcopy(self.schedule), tip.height if tip is not None else 0,
-                    tip.digest if tip is not None else None, node.votes)
+                    tip.digest if tip is not None else None, node.votes,
+                    tip.voters if tip is not None else None)
 
     def delay(self, src: int, dst: int, msg: Any) -> float | None:
         if self._blocked and (src, dst) in self._blocked:
@@ -325,7 +332,8 @@ class ChainModel:
             fast_path=info.fast_path,
             votes=tuple(VoteTiming(f"n{v}", p, t) for v, p, t in info.votes),  # type: ignore[arg-type]
             round_changes=tuple(RoundChangeRecord(r, t, why) for r, t, why in info.round_changes),
-            silent=tuple(f"n{v}" for v in info.silent), validators=names, synced=info.synced)
+            silent=tuple(f"n{v}" for v in info.silent), validators=names,
+            cert_voters=tuple(f"n{v}" for v in sorted(block.voters or ())), synced=info.synced)
 
     # ---- world (scenario) events -----------------------------------------------------
     def _schedule_world(self, scenario: Scenario, after: float) -> None:

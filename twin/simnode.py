@@ -82,6 +82,9 @@ class SimNode:
         self.core: Core | None = None
         self.tip: Any = None
         """The last block this node committed (None before the first)."""
+        self.tip_voters: frozenset[int] | None = None
+        """Who voted in the certificate this node holds for its tip (its next block
+        carries it)."""
         self.votes: list[tuple[Vote, Any]] = []
         """Its persisted votes since its last commit (what binds it after a restart)."""
         self.auth: Authenticator = NullAuth()
@@ -140,6 +143,7 @@ class SimNode:
                     pass  # the core ignores timers it cancelled
                 elif t is Commit:
                     self.tip = e.block
+                    self.tip_voters = frozenset(v.validator for v in e.cert.votes)
                     self.votes = []
                     world.on_commit(self, e.block, e.cert, e.info)
                     pending.append(Applied(e.block.height))

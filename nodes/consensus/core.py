@@ -9,10 +9,16 @@ raft's Ready/Advance), so block checks always see the committed tip.
 
 The rules, all here (quorum and certificates in `quorum`/`values`, protocols in `rules`):
 
-- Heights and rounds (IBFT/QBFT). Round r of height h has proposer
-  validators[(h + r) % n]. Entering a round starts its timer, min(base * backoff**r,
-  cap) (+ a round-0 allowance for batching); the round-0 proposer asks its driver for a
-  batch (`WantBatch`) and proposes on `BatchReady`.
+- Heights and rounds (IBFT/QBFT). Round r of height h has proposer order[r % n]:
+  the round-robin order from validators[h % n], with the validators named in the
+  certificate the tip block carries first (`Committee.proposer_order`; leader
+  reputation as in DiemBFT/Aptos, from committed data only, so every validator at h
+  agrees). A validator crashed or cut off drops out of that certificate within two
+  blocks and then proposes only after every validator that was heard from (issue 17:
+  two partitioned validators, consecutive in the round robin, were the healed chain's
+  round 0 and round 1 proposers and held it 2.6 s). Entering a round starts its
+  timer, min(base * backoff**r, cap) (+ a round-0 allowance for batching); the round-0
+  proposer asks its driver for a batch (`WantBatch`) and proposes on `BatchReady`.
 - Proposals. Accepted from the round's proposer only, once per round (a second one is
   an equivocation and ignored), at the current round or, if justified, at a later one
   (the validator moves there); above round 0 only with q valid ROUND-CHANGEs whose
@@ -119,9 +125,11 @@ _MSG_BYTES = 200
 class Core:
     def __init__(self, me: NodeId, committee: Committee, config: CoreConfig,
                  blocks: BlockRules, schedule: Schedule, tip_height: int = 0,
-                 tip_digest: Any = None, votes: Iterable[tuple[Vote, Any]] = ()) -> None:
-        """`tip_*`: the last committed block; `votes`: this validator's persisted votes
-        (with the block of each PREPARE), which bind it after a restart."""
+                 tip_digest: Any = None, votes: Iterable[tuple[Vote, Any]] = (),
+                 tip_voters: Iterable[NodeId] | None = None) -> None:
+        """`tip_*`: the last committed block (`tip_voters`: `blocks.voters` of it);
+        `votes`: this validator's persisted votes (with the block of each PREPARE), which
+        bind it after a restart."""
         self.me = me
         self.c = committee
         self.n, self.f, self.quorum = committee.n, committee.f, committee.quorum
@@ -134,6 +142,15 @@ class Core:
         self._restored = [(v, b) for v, b in votes if v.height == tip_height + 1]
         self.protocol: ProtocolRules = rules_for(schedule.at(tip_height + 1))
         self.height = tip_height + 1
+        self._pool = None if tip_voters is None else frozenset(tip_voters)
+        self._applying_pool: frozenset[NodeId] | None = None
+        self._tip_cert: Certificate | None = None
+        """Our certificate of the tip, with the COMMITs that came after the quorum: the
+        next block we build carries it, so its voters are who was heard from."""
+        self._applying_cert: Certificate | None = None
+        self._order = committee.proposer_order(
+            self.height, self._pool if config.proposer_pool else None)
+        """Proposers of rounds 0..n-1 at this height (see the module's rules)."""
         self.round = 0
         self.rounds: dict[int, RoundState] = {}
         self.rcs: dict[int, dict[NodeId, RoundChange]] = {}
@@ -192,8 +209,10 @@ class Core:
             self.out = _NO_OUT
         return out
 
-    def proposer(self, height: int, round_: int) -> NodeId:
-        return self.c.proposer(height, round_)
+    def proposer(self, height: int, round_: int) -> NodeId | None:
+        """The proposer of (height, round_); None for another height than ours (its
+        order depends on a block we have not committed)."""
+        return self._order[round_ % self.n] if height == self.height else None
 
     def protocol_at(self, height: int) -> str:
         return self.schedule.at(height)
@@ -241,6 +260,8 @@ class Core:
             out.append(CancelTimer(*key))
         self.timers.clear()
         self.height = height
+        self._order = self.c.proposer_order(
+            height, self._pool if self.config.proposer_pool else None)
         self._arm_sync_timer()
         self.round = 0
         self.rounds = {}
@@ -288,7 +309,7 @@ class Core:
         self.timers[(ROUND_TIMER, h, round_)] = None
         self.out.append(StartTimer(ROUND_TIMER, h, round_,
                                    self.config.timeouts.round(round_)))
-        if self.is_validator and self.c.proposer(h, round_) == self.me:
+        if self.is_validator and self.proposer(h, round_) == self.me:
             if round_ == 0:
                 lv = self.last_vote
                 if lv is not None and lv[0] == 0 and lv[3].proposer == self.me:
@@ -313,15 +334,16 @@ class Core:
         h = self.height
         if (ev.height != h or self.applying is not None or self.round != 0
                 or self.waiting is not None  # the batch came after we left round 0
-                or not self.is_validator or self.c.proposer(h, 0) != self.me
+                or not self.is_validator or self.proposer(h, 0) != self.me
                 or self._rs(0).proposed):
             return
-        block = self.blocks.build(h, self.tip_digest, self.protocol.name, self.now)
+        block = self.blocks.build(h, self.tip_digest, self.protocol.name, self.now,
+                                  self._tip_cert)
         self._propose(h, 0, block, None)
 
     def _maybe_propose_after_rc(self) -> None:
         h, r = self.height, self.round
-        if r == 0 or not self.is_validator or self.c.proposer(h, r) != self.me:
+        if r == 0 or not self.is_validator or self.proposer(h, r) != self.me:
             return
         rs = self._rs(r)
         rcs = self.rcs.get(r)
@@ -339,7 +361,8 @@ class Core:
             self.out.append(Log("reproposal", {"height": h, "round": r}))
             block = forced
         else:
-            block = self.blocks.build(h, self.tip_digest, self.protocol.name, self.now)
+            block = self.blocks.build(h, self.tip_digest, self.protocol.name, self.now,
+                                      self._tip_cert)
         self._propose(h, r, block, just)
 
     def _known_block(self, digest: Any) -> Any:
@@ -375,6 +398,8 @@ class Core:
         if self.applying is not None:
             if h > self.height:
                 self._keep_future(msg)
+            elif h == self.height and type(msg) is Vote:
+                self._applying_cert = self._late_commit(msg, self._applying_cert)
             return
         if h == self.height:
             if msg.round > self.round + self.config.window.rounds_ahead:
@@ -383,6 +408,8 @@ class Core:
             self._current(msg, False)
         elif h > self.height:
             self._keep_future(msg)
+        elif h == self.height - 1 and type(msg) is Vote:
+            self._tip_cert = self._late_commit(msg, self._tip_cert)
         elif h < self.height - 1 or type(msg) is RoundChange:
             # A vote one height behind is the normal tail of the last height (its sender
             # commits as soon as the quorum's votes reach it); only a sender further
@@ -391,6 +418,19 @@ class Core:
                 self._help(sender, h)
             else:
                 self._reject(_kind(msg), f"bad signature from {sender} (height {h})")
+
+    def _late_commit(self, v: Vote, cert: Certificate | None) -> Certificate | None:
+        """`cert` with `v` added if `v` is a valid COMMIT for it from a validator it does
+        not name yet (one check per validator and height at most: n - q of them)."""
+        if (cert is None or v.phase != "commit" or v.round != cert.round
+                or v.digest != cert.digest or cert.votes and cert.votes[0].phase != "commit"
+                or any(x.validator == v.sender for x in cert.votes)):
+            return cert
+        if not self.c.auth.verify(v):
+            self._reject("commit", f"bad commit signature from {v.sender}")
+            return cert
+        return Certificate(cert.height, cert.round, cert.digest,
+                           cert.votes + (CertVote(v.sender, "commit", v.sig),))
 
     def _current(self, msg: Any, verified: bool) -> None:
         t = type(msg)
@@ -427,10 +467,7 @@ class Core:
         t = type(msg)
         if t is RoundChange:
             check_round_change(self.c, msg, msg.height)
-        elif t is Proposal and msg.sender != self.c.proposer(msg.height, msg.round):
-            raise Invalid(f"proposal h={msg.height} r={msg.round} from {msg.sender} "
-                          "not expected")
-        elif not self.c.auth.verify(msg):
+        elif not self.c.auth.verify(msg):  # a proposal's proposer: checked at its height
             raise Invalid(f"bad {_kind(msg)} signature from {msg.sender}")
 
     def _size(self, msg: Any, omit: Any = None) -> int:
@@ -448,12 +485,12 @@ class Core:
         h, r, sender = self.height, p.round, p.sender
         w = self.waiting
         if r < self.round or (w is not None and self.round < r < w):
-            if sender == self.c.proposer(h, r):
+            if sender == self.proposer(h, r):
                 self.out.append(Log("stale_proposal", {"height": h, "round": r}))
             else:
                 self._reject("proposal", f"proposal h={h} r={r} from {sender} not expected")
             return
-        if sender != self.c.proposer(h, r):
+        if sender != self.proposer(h, r):
             self._reject("proposal", f"proposal h={h} r={r} from {sender} not expected")
             return
         if not verified and not self.c.auth.verify(p):
@@ -595,6 +632,8 @@ class Core:
 
     def _commit(self, block: Any, cert: Certificate, info: CommitInfo) -> None:
         self.schedule.on_commit(block.height, self.blocks.switches(block))
+        self._applying_pool = self.blocks.voters(block)
+        self._applying_cert = cert
         self.applying = block.height
         self._applying_digest = block.digest
         self.out.append(Commit(block, cert, info))
@@ -605,6 +644,8 @@ class Core:
         self.applying = None
         self.tip_height = ev.height
         self.tip_digest = self._applying_digest
+        self._pool = self._applying_pool
+        self._tip_cert = self._applying_cert
         if self._pending_sync:
             self._next_synced()
             if self.applying is not None:
@@ -748,7 +789,7 @@ class Core:
         """Send our ROUND-CHANGE to `to` (None: every other validator): with its blocks
         to the proposer of its round, who may have to re-propose one; by digest to the
         others, who only count it and check a justification against the proposal."""
-        target = self.c.proposer(rc.height, rc.round)
+        target = self.proposer(rc.height, rc.round)
         light = _light(rc)
         for peer in (self.c.validators if to is None else (to,)):
             if peer != self.me:

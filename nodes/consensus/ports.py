@@ -44,8 +44,11 @@ class Authenticator(Protocol):
 
 
 class BlockRules(Protocol):
-    def build(self, height: int, parent: Any, protocol: str, now: float) -> Any:
-        """A new block at `height` on top of `parent` (a digest) for `protocol`."""
+    def build(self, height: int, parent: Any, protocol: str, now: float,
+              prev_cert: Any = None) -> Any:
+        """A new block at `height` on top of `parent` (a digest) for `protocol`, carrying
+        `prev_cert` (the core's certificate of `parent` with every COMMIT it got; None
+        after a restart: the one the ledger holds)."""
         ...
 
     def check(self, block: Any, parent: Any) -> str | None:
@@ -58,6 +61,11 @@ class BlockRules(Protocol):
 
     def size(self, block: Any) -> int:
         """Bytes the block takes (bounds the out-of-window buffer), deterministic."""
+        ...
+
+    def voters(self, block: Any) -> frozenset[Any] | None:
+        """Validators named in the certificate `block` carries (of its parent, checked
+        with the block), None if it carries none: the next height's proposer pool."""
         ...
 
 
@@ -132,5 +140,8 @@ class CoreConfig(_Immutable):
     """...and bytes (the driver stops before a block that would pass this; one block
     always goes): an answer takes < 1 s on a 3 Mbit/s link, so one request in flight
     keeps a thin link busy without queueing minutes of blocks on it."""
+    proposer_pool: bool = True
+    """Validators named in the tip block's certificate propose first
+    (`Committee.proposer_order`); False: plain round robin."""
     log_votes: bool = False
     """Emit a 'vote' Log per counted vote (the validators' telemetry wants them)."""

@@ -36,8 +36,23 @@ class Committee:
         self.auth = auth
 
     def proposer(self, height: int, round_: int) -> NodeId:
-        """Round-robin: validators[(height + round) % n]."""
+        """Round-robin: validators[(height + round) % n] (the order with no pool)."""
         return self.validators[(height + round_) % self.n]
+
+    def proposer_order(self, height: int, pool: frozenset[NodeId] | None) -> tuple[NodeId, ...]:
+        """The proposers of rounds 0, 1, ... n-1 at `height`: the round-robin order from
+        validators[height % n], validators in `pool` first (each group in that order).
+
+        `pool` is who voted in the certificate the chain's tip block carries (of the block
+        before it), the same on every validator that committed the tip. A validator cut
+        off or crashed is missing from it one block later and proposes only after every
+        validator that was heard from had a round (issue 17: two partitioned validators
+        in a row as round 0 and round 1 proposers held the healed chain for 2.6 s). None
+        or a pool naming no validator: plain round robin."""
+        rot = tuple(self.validators[(height + k) % self.n] for k in range(self.n))
+        if not pool or not pool & self.members:
+            return rot
+        return tuple(v for v in rot if v in pool) + tuple(v for v in rot if v not in pool)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Committee:
         return self  # immutable once built; the authenticator holds no per-run state

@@ -90,7 +90,8 @@ class ChainBlocks:
     def __init__(self, me: str, crypto: Crypto, plan: FaultPlan) -> None:
         self.me, self.crypto, self.plan = me, crypto, plan
 
-    def build(self, height: int, parent: Any, protocol: str, now: float) -> Block:
+    def build(self, height: int, parent: Any, protocol: str, now: float,
+              prev_cert: Any = None) -> Block:
         cmds: tuple[ReconfigCommand, ...] = ()
         if height == self.plan.switch_at:
             cmds = (ReconfigCommand.create(self.crypto.twin, f"switch{height}",
@@ -112,6 +113,9 @@ class ChainBlocks:
 
     def size(self, block: Block) -> int:
         return 1000
+
+    def voters(self, block: Block) -> frozenset[str] | None:
+        return None  # these blocks carry no certificate: plain round robin
 
 
 def ids_of(plan: FaultPlan) -> list[str]:

@@ -48,6 +48,8 @@ class LightBlock:
     protocol: str
     parent: Any
     switch: str | None = None
+    voters: frozenset[Any] | None = None
+    """Who voted in the builder's certificate of the parent (the proposer pool)."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LightBlock:
         return self
@@ -56,14 +58,20 @@ class LightBlock:
 class LightBlocks:
     """Blocks that are just their identity; block `switch_at` orders a switch."""
 
-    def __init__(self, me: Any, switch_at: int | None = None, switch_to: str = "") -> None:
+    def __init__(self, me: Any, switch_at: int | None = None, switch_to: str = "",
+                 tip_cert: Callable[[], Certificate | None] = lambda: None) -> None:
         self.me = me
         self.switch_at = switch_at
         self.switch_to = switch_to
+        self.tip_cert = tip_cert
 
-    def build(self, height: int, parent: Any, protocol: str, now: float) -> LightBlock:
+    def build(self, height: int, parent: Any, protocol: str, now: float,
+              prev_cert: Certificate | None = None) -> LightBlock:
         switch = self.switch_to if height == self.switch_at else None
-        return LightBlock(f"{height}/{self.me}/{now!r}", height, self.me, protocol, parent, switch)
+        cert = prev_cert if prev_cert is not None else self.tip_cert()
+        voters = None if cert is None else frozenset(v.validator for v in cert.votes)
+        return LightBlock(f"{height}/{self.me}/{now!r}", height, self.me, protocol, parent,
+                          switch, voters)
 
     def check(self, block: Any, parent: Any) -> str | None:
         return None if block.parent == parent else "does not extend our tip"
@@ -73,6 +81,9 @@ class LightBlocks:
 
     def size(self, block: Any) -> int:
         return 1000
+
+    def voters(self, block: Any) -> frozenset[Any] | None:
+        return block.voters
 
 
 def row(block: Any, info: CommitInfo) -> CommitRow:
@@ -91,7 +102,8 @@ class MemoryCluster:
         self.ids = list(ids if ids is not None else range(plan.n))
         self.config = config
         other = plan.other_protocol()
-        self._blocks = blocks or (lambda me: LightBlocks(me, plan.switch_at, other))
+        self._blocks = blocks or (lambda me: LightBlocks(
+            me, plan.switch_at, other, lambda: self.chains[me][-1][1] if self.chains[me] else None))
         self._auth = auth or (lambda me: NullAuth())
         self.now = 0.0
         self._heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -139,7 +151,7 @@ class MemoryCluster:
         tip = chain[-1][0] if chain else None
         self.cores[me] = Core(me, Committee(self.ids, self._auth(me)), self.config, blocks,
                               schedule, len(chain), tip.digest if tip is not None else None,
-                              self.votes[me])
+                              self.votes[me], blocks.voters(tip) if tip is not None else None)
         self.feed(me, Start())
 
     def crash(self, me: Any) -> None:

@@ -141,7 +141,8 @@ def test_unsigned_votes_create_no_round_state() -> None:
 
 
 class _NoBlocks:
-    def build(self, height: int, parent: object, protocol: str, now: float) -> object:
+    def build(self, height: int, parent: object, protocol: str, now: float,
+              prev_cert: object = None) -> object:
         raise AssertionError("not proposing here")
 
     def check(self, block: object, parent: object) -> str | None:
@@ -152,3 +153,6 @@ class _NoBlocks:
 
     def size(self, block: object) -> int:
         return 100
+
+    def voters(self, block: object) -> None:
+        return None

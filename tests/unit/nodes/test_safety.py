@@ -222,7 +222,10 @@ def test_liveness_after_proposer_crash(tmp_path: Path, protocol: str) -> None:
             while cluster.nodes["v0"].ledger.height == h:
                 await asyncio.sleep(0.001)
             nxt = cluster.nodes["v0"].ledger.height + 1
-            victim = cluster.nodes["v0"].core.proposer(nxt, 0)
+            core = cluster.nodes["v0"].core
+            while core.height != nxt:  # its proposer is known once the core is there
+                await asyncio.sleep(0.001)
+            victim = core.proposer(nxt, 0)
             await cluster.crash(victim)
             t0 = time.time()
             waited = await cluster.wait_height(nxt, 10)
