@@ -22,8 +22,25 @@ def _series(run_dir, flow: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(t), np.array(v)
 
 
+ATTEMPTS = 3
+"""Runs the health judge may call unreliable before the test gives up (the RTT tests'
+rule, docs/decisions.md: a miss in a run judged ok fails at once)."""
+
+
 def test_two_abn_flows_share_and_give_back(run_shipped) -> None:
-    _, run_dir, man = run_shipped("abn_smoke.yaml", [])
+    for attempt in range(1, ATTEMPTS + 1):
+        _, run_dir, man = run_shipped("abn_smoke.yaml", [])
+        try:
+            _check_shares(run_dir, man)
+            return
+        except AssertionError as miss:
+            if man["health"]["status"] != "unreliable" or attempt == ATTEMPTS:
+                raise AssertionError(f"{miss} (attempt {attempt}, health "
+                                     f"{man['health']['status']}: "
+                                     f"{man['health']['reasons'][:3]})") from None
+
+
+def _check_shares(run_dir, man) -> None:
     t1, v1 = _series(run_dir, "first")
     t2, v2 = _series(run_dir, "second")
     join = t2[np.argmax(v2 > 1.0)]

@@ -217,7 +217,8 @@ def test_set_up_before_the_timeline_is_not_judged(tmp_path):
     write_periods(tmp_path, [link_rec(0.0, late=500, overflow=9), *clean_periods()])
     h = judge(tmp_path, T0, expect_delay_line=True)
     assert h.status == "ok", h.reasons
-    assert h.summary["host"] == {"samples": 40, "cpus": 2, "busy_max": 0.1, "busy_mean": 0.1}
+    assert h.summary["host"] == {"samples": 40, "cpus": 2, "busy_max": 0.1, "busy_mean": 0.1,
+                                 "wake_probes": 0, "wake_late_1ms": 0, "wake_late_max_ms": 0.0}
     spill = tmp_path / "spill"
     write_host(spill, [1.0] * 12 + [0.1] * 40, start_s=-5.2)  # saturated -5.2..0.8 s
     assert judge(spill, T0).status == "ok"  # only 0.8 s of it in the timeline
@@ -356,3 +357,39 @@ def test_report_prints_the_recorded_health(tmp_path, monkeypatch, capsys):
     run_dir = fake_run(tmp_path, monkeypatch, "unreliable", unreliable_health())
     code, out, err = run_cli(["report", str(run_dir)], capsys)
     assert code == 0 and "status: unreliable" in out and "period: 12.0-17.0 s" in err
+
+
+def _wakes(run_dir, late_per_sample, samples=20):
+    path = run_dir / health.HOST_CPU
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for i in range(samples):
+            fh.write(json.dumps({"unix": T0 + (i + 1) * 0.5, "busy": 0.05, "per_cpu": [0.05],
+                                 "load1": 0.1, "wake_probes": 10,
+                                 "wake_late_1ms": late_per_sample(i),
+                                 "wake_late_max_ms": 4.0 if late_per_sample(i) else 0.2})
+                     + "\n")
+
+
+def test_a_host_that_wakes_processes_late_makes_the_run_unreliable(tmp_path):
+    # an idle host whose delay lines release on time, but whose ordinary wake-ups are
+    # late (session 9: pings 0.2-5.8 ms late, health "ok"): unreliable, saying why
+    write_periods(tmp_path, clean_periods(10))
+    _wakes(tmp_path, lambda i: 2)  # 20% of 200 sleeps
+    h = judge(tmp_path, T0)
+    assert h.status == "unreliable"
+    assert any("40 of 200 1 ms sleeps (20%)" in r for r in h.reasons), h.reasons
+    _wakes(tmp_path, lambda i: 1 if i % 5 == 0 else 0)  # 2%: this VM on a calm day
+    assert judge(tmp_path, T0).status == "ok"
+    _wakes(tmp_path, lambda i: 5, samples=8)  # 80 probes: too few to judge
+    assert judge(tmp_path, T0).status == "ok"
+
+
+def test_the_sampler_records_its_wake_probes(tmp_path):
+    with HostCpuSampler(tmp_path, interval_s=0.05):
+        time.sleep(0.3)
+    rows = [json.loads(x) for x in (tmp_path / health.HOST_CPU).read_text().splitlines()]
+    probed = [r for r in rows if r["wake_probes"]]
+    assert probed and all(r["wake_probes"] == health.WAKE_PROBES for r in probed)
+    assert all(0 <= r["wake_late_1ms"] <= r["wake_probes"] for r in probed)
+    assert all(r["wake_late_max_ms"] >= 0 for r in probed)

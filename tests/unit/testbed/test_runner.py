@@ -85,7 +85,7 @@ def link(overflow=0):
 
 def test_a_clean_run_is_ok_with_host_samples_and_health(emulate):
     run_dir, man = emulate()
-    assert man["status"] == "ok"
+    assert man["status"] == "ok", man["health"]["reasons"]
     assert man["health"]["status"] == "ok", man["health"]["reasons"]
     assert (run_dir / health.HOST_CPU).read_text().count("\n") >= 3
     (s,) = SpySampler.instances
