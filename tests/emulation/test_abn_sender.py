@@ -39,10 +39,29 @@ def _pacing(ss_file: Path, dport: int) -> list[float]:
     return out
 
 
+ATTEMPTS = 3
+"""Runs the health judge may call unreliable before the test gives up (the RTT tests'
+rule, docs/decisions.md: a miss in a run judged ok fails at once)."""
+
+
 def test_sender_paces_at_the_notified_rate(run_experiment) -> None:
+    for attempt in range(1, ATTEMPTS + 1):
+        run_dir, man = _run(run_experiment, attempt)
+        assert man["status"] in ("ok", "unreliable"), man.get("error")
+        try:
+            _check(run_dir, man)
+            return
+        except AssertionError as miss:
+            if man["health"]["status"] != "unreliable" or attempt == ATTEMPTS:
+                raise AssertionError(f"{miss} (attempt {attempt}, health "
+                                     f"{man['health']['status']}: "
+                                     f"{man['health']['reasons'][:3]})") from None
+
+
+def _run(run_experiment, attempt: int):  # type: ignore[no-untyped-def]
     ss = "ss -tin dst {ip:h2}"
-    run_dir, man = run_experiment({
-        "name": "abnsender", "duration": 11,
+    return run_experiment({
+        "name": f"abnsender{attempt}", "duration": 11,
         "processes": [
             {"name": "srv1", "kind": "iperf3_server", "host": "h2", "port": 5201},
             {"name": "srv2", "kind": "iperf3_server", "host": "h2", "port": 5202},
@@ -56,7 +75,9 @@ def test_sender_paces_at_the_notified_rate(run_experiment) -> None:
              "command": f"{ss} > {{run_dir}}/ss_shared.txt"},
         ],
     }, TOPO)
-    assert man["status"] in ("ok", "unreliable"), man.get("error")
+
+
+def _check(run_dir, man) -> None:  # type: ignore[no-untyped-def]
     role = man["roles"]["abn_sender"]
     c = role["counters"]
     assert c["acks_with_rate"] > 1000 and c["cc_paced"] > 1000, c
