@@ -12,6 +12,8 @@ import pytest
 
 from abn import sender
 
+from .reliable import until_reliable
+
 pytestmark = pytest.mark.skipif(not sender.built()[0], reason=sender.built()[1])
 
 TOPO = {
@@ -39,28 +41,13 @@ def _pacing(ss_file: Path, dport: int) -> list[float]:
     return out
 
 
-ATTEMPTS = 3
-"""Runs the health judge may call unreliable before the test gives up (the RTT tests'
-rule, docs/decisions.md: a miss in a run judged ok fails at once)."""
-
-
 def test_sender_paces_at_the_notified_rate(run_experiment) -> None:
-    for attempt in range(1, ATTEMPTS + 1):
-        run_dir, man = _run(run_experiment, attempt)
-        assert man["status"] in ("ok", "unreliable"), man.get("error")
-        try:
-            _check(run_dir, man)
-            return
-        except AssertionError as miss:
-            if man["health"]["status"] != "unreliable" or attempt == ATTEMPTS:
-                raise AssertionError(f"{miss} (attempt {attempt}, health "
-                                     f"{man['health']['status']}: "
-                                     f"{man['health']['reasons'][:3]})") from None
+    until_reliable("abnsender", lambda attempt: _run(run_experiment, attempt), _check)
 
 
 def _run(run_experiment, attempt: int):  # type: ignore[no-untyped-def]
     ss = "ss -tin dst {ip:h2}"
-    return run_experiment({
+    run_dir, man = run_experiment({
         "name": f"abnsender{attempt}", "duration": 11,
         "processes": [
             {"name": "srv1", "kind": "iperf3_server", "host": "h2", "port": 5201},
@@ -75,6 +62,8 @@ def _run(run_experiment, attempt: int):  # type: ignore[no-untyped-def]
              "command": f"{ss} > {{run_dir}}/ss_shared.txt"},
         ],
     }, TOPO)
+    assert man["status"] in ("ok", "unreliable"), man.get("error")
+    return run_dir, man
 
 
 def _check(run_dir, man) -> None:  # type: ignore[no-untyped-def]

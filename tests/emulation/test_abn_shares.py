@@ -12,6 +12,8 @@ import pytest
 from abn import sender
 from testbed import analysis
 
+from .reliable import until_reliable
+
 pytestmark = pytest.mark.skipif(not sender.built()[0], reason=sender.built()[1])
 C_MBPS = 100.0
 GOODPUT = 1460 / 1514  # mss / wire without timestamps; with them 1448 / 1514 (lower)
@@ -22,22 +24,9 @@ def _series(run_dir, flow: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(t), np.array(v)
 
 
-ATTEMPTS = 3
-"""Runs the health judge may call unreliable before the test gives up (the RTT tests'
-rule, docs/decisions.md: a miss in a run judged ok fails at once)."""
-
-
 def test_two_abn_flows_share_and_give_back(run_shipped) -> None:
-    for attempt in range(1, ATTEMPTS + 1):
-        _, run_dir, man = run_shipped("abn_smoke.yaml", [])
-        try:
-            _check_shares(run_dir, man)
-            return
-        except AssertionError as miss:
-            if man["health"]["status"] != "unreliable" or attempt == ATTEMPTS:
-                raise AssertionError(f"{miss} (attempt {attempt}, health "
-                                     f"{man['health']['status']}: "
-                                     f"{man['health']['reasons'][:3]})") from None
+    until_reliable("abn_smoke", lambda _: run_shipped("abn_smoke.yaml", [])[1:],
+                   _check_shares)
 
 
 def _check_shares(run_dir, man) -> None:

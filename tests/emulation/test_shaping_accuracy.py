@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
+from typing import Any
 
 import pytest
 
 from .ping_rtt import check_rtt, ping_times, ping_total_ms
+from .reliable import until_reliable
 
 FRAME, PAYLOAD = 1514, 1448
 """Ethernet frame and TCP payload (with timestamps) of a full-size packet: goodput is at
@@ -27,17 +28,14 @@ def _ping_stats(text: str) -> tuple[int, int, float]:
     return int(m.group(1)), int(m.group(2)), float(r.group(1)) if r else float("nan")
 
 
-ATTEMPTS = 3
-"""Runs the health judge may call unreliable before an RTT test gives up (see below)."""
-
-
 @pytest.mark.parametrize("rtt_ms", [40, 200])
 def test_ping_rtt_matches_configured(run_experiment, rtt_ms: int) -> None:
     """The RTT is within +-1 ms whenever the emulator kept up. A run that misses it is
     retried only if the health judge marked it unreliable (the delay line fell behind,
     the user is told so); a miss in a run judged ok fails at once."""
     count = 30
-    for attempt in range(1, ATTEMPTS + 1):
+
+    def run(attempt: int) -> tuple[Any, dict]:
         run_dir, man = run_experiment({
             "name": f"rtt{rtt_ms}_{attempt}", "duration": count * 0.1 + rtt_ms / 1000 + 2,
             "links": {"path": {"delay": f"{rtt_ms // 2}ms"}},
@@ -47,19 +45,14 @@ def test_ping_rtt_matches_configured(run_experiment, rtt_ms: int) -> None:
         text = (run_dir / "logs" / "ping.log").read_text()
         sent, got, _ = _ping_stats(text)
         assert (sent, got) == (count, count)
-        times = ping_times(text)
-        assert len(times) == count - 1
-        health = man.get("health", {})
-        try:
-            check_rtt(times, rtt_ms, 1.0, total_ms=ping_total_ms(text))
-            return
-        except AssertionError as miss:
-            if health.get("status") != "unreliable" or attempt == ATTEMPTS:
-                raise AssertionError(f"{miss} (attempt {attempt}, health "
-                                     f"{health.get('status')}: {health.get('reasons')})"
-                                     ) from None
-            warnings.warn(f"rtt{rtt_ms}: {miss} in a run marked unreliable "
-                          f"({health.get('reasons')}); running it again", stacklevel=1)
+        assert len(ping_times(text)) == count - 1
+        return run_dir, man
+
+    def check(run_dir: Any, man: dict) -> None:
+        text = (run_dir / "logs" / "ping.log").read_text()
+        check_rtt(ping_times(text), rtt_ms, 1.0, total_ms=ping_total_ms(text))
+
+    until_reliable(f"rtt{rtt_ms}", run, check)
 
 
 @pytest.mark.parametrize("mbit", [100, 1000])
