@@ -63,10 +63,13 @@ def _run(run_experiment, attempt: int):  # type: ignore[no-untyped-def]
         ],
     }, TOPO)
     assert man["status"] in ("ok", "unreliable"), man.get("error")
+    _check_pacing(run_dir, man)
     return run_dir, man
 
 
-def _check(run_dir, man) -> None:  # type: ignore[no-untyped-def]
+def _check_pacing(run_dir, man) -> None:  # type: ignore[no-untyped-def]
+    """What the sender did with the notified rate: host noise cannot change it, so a
+    miss here fails at once, in any run."""
     role = man["roles"]["abn_sender"]
     c = role["counters"]
     assert c["acks_with_rate"] > 1000 and c["cc_paced"] > 1000, c
@@ -92,7 +95,16 @@ def _check(run_dir, man) -> None:  # type: ignore[no-untyped-def]
         assert len(rates) == 1, (port, (run_dir / "ss_shared.txt").read_text())
         assert rates[0] == pytest.approx(notified(8.5, port) * WIRE_TO_PAYLOAD, rel=0.05)
         assert rates[0] == pytest.approx(alone[0] / 2, rel=0.1)
-    # what the receiver got: a paced flow fills its share, and does not overrun it
+    assert _goodput(run_dir, "f1") < 40 * WIRE_TO_PAYLOAD  # a paced flow never overruns
+
+
+def _goodput(run_dir, flow: str) -> float:  # type: ignore[no-untyped-def]
     summary = (run_dir / "iperf3_summary.csv").read_text().splitlines()
-    f1 = next(line.split(",") for line in summary if line.startswith("f1,"))
-    assert 0.7 * 40 * WIRE_TO_PAYLOAD < float(f1[3]) < 40 * WIRE_TO_PAYLOAD, summary
+    return float(next(line.split(",") for line in summary if line.startswith(f"{flow},"))[3])
+
+
+def _check(run_dir, man) -> None:  # type: ignore[no-untyped-def]
+    """What the receiver got: a paced flow fills its share when the delay line keeps up
+    (a late delay line lowers it, so this one is re-measured)."""
+    assert 0.7 * 40 * WIRE_TO_PAYLOAD < _goodput(run_dir, "f1"), (
+        (run_dir / "iperf3_summary.csv").read_text())
