@@ -105,6 +105,9 @@ class ModelConfig(BaseModel):
     propose first: `CoreConfig.proposer_pool`). Off: the twin paper's round robin, which
     its figures model; on, the farthest validators stop proposing under load, so their
     uplinks go unobserved by calibration (docs/decisions.md, session 9)."""
+    carry_backoff: bool = False
+    """Run the core's back-off carried across heights (`CoreConfig.carry_backoff`). Off:
+    every height starts at the base timeout, as the twin paper's model does."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ class ChainModel:
             timeouts=Timeouts(c.round_timeout, c.round_backoff,
                               max(c.max_round_timeout, c.round_timeout), c.fast_path_timeout,
                               first_round_extra=c.block_interval),
-            proposer_pool=c.proposer_pool)
+            proposer_pool=c.proposer_pool, carry_backoff=c.carry_backoff)
         iv = scenario.interval_at(0.0)
         self.net = Network(iv.link_mbps, scenario.latency_ms, scenario.latency_matrix_ms)
         self.busy_until = [0.0] * k

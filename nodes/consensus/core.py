@@ -17,7 +17,15 @@ The rules, all here (quorum and certificates in `quorum`/`values`, protocols in 
   blocks and then proposes only after every validator that was heard from (issue 17:
   two partitioned validators, consecutive in the round robin, were the healed chain's
   round 0 and round 1 proposers and held it 2.6 s). Entering a round starts its
-  timer, min(base * backoff**r, cap) (+ a round-0 allowance for batching); the round-0
+  timer, min(base * backoff**(r + level), cap) (+ a round-0 allowance for batching),
+  where `level` is the back-off carried across heights (`CoreConfig.carry_backoff`): a
+  height committed in a round above 0 raises it by one, one committed in round 0
+  lowers it by one. Why: behind a congested path (two Cubic flows filling a drop-tail queue; issue
+  17) a block's votes took 2-5 s, so every height paid one or two failed rounds before
+  its timer grew past the path's delay, and the back-off restarted at 1 s at the next
+  height. Carried, the timer stays above the delay the chain last needed (as TCP keeps
+  its backed-off RTO until a fresh sample) and comes down one step per quick commit;
+  all validators derive it from the same commits (a restart starts at 0). The round-0
   proposer asks its driver for a batch (`WantBatch`) and proposes on `BatchReady`.
 - Proposals. Accepted from the round's proposer only, once per round (a second one is
   an equivocation and ignored), at the current round or, if justified, at a later one
@@ -190,6 +198,8 @@ class Core:
         """The signed time of the last request served per peer (replays refused)."""
         self._lag_height = 0
         self._lag_peer: NodeId | None = None
+        self.level = 0
+        """Back-off steps carried across heights (see the module's rules)."""
         self.now = 0.0
         self.out: list[Any] = _NO_OUT
 
@@ -308,7 +318,7 @@ class Core:
         self.waiting = None
         self.timers[(ROUND_TIMER, h, round_)] = None
         self.out.append(StartTimer(ROUND_TIMER, h, round_,
-                                   self.config.timeouts.round(round_)))
+                                   self._round_timeout(round_)))
         if self.is_validator and self.proposer(h, round_) == self.me:
             if round_ == 0:
                 lv = self.last_vote
@@ -318,6 +328,13 @@ class Core:
                     self.out.append(WantBatch(h))
             else:
                 self._maybe_propose_after_rc()
+
+    def _round_timeout(self, round_: int) -> float:
+        t = self.config.timeouts
+        if not self.level:
+            return t.round(round_)
+        extra = t.first_round_extra if round_ == 0 else 0.0
+        return t.round(round_ + self.level) + extra
 
     def _floor(self) -> int:
         """The lowest round we may still vote in: the one we asked for, else ours."""
@@ -625,6 +642,8 @@ class Core:
         votes += [(v, "commit", t) for v, (_, _, t) in rs.commits.items()]
         votes.sort(key=_received_at)
         heard = rs.prepares.keys() | rs.commits.keys()
+        if self.config.carry_backoff:
+            self.level = min(self.level + 1, 64) if rs.round else max(self.level - 1, 0)
         info = CommitInfo(h, rs.round, fast, rs.proposal_at, self.now, tuple(votes),
                           tuple(self.rc_log),
                           tuple(v for v in self.c.validators if v not in heard))
@@ -696,7 +715,7 @@ class Core:
             wanted = round_ + 1 if behind or self.waiting is None else self.waiting
             self.timers[(ROUND_TIMER, h, round_)] = None
             self.out.append(StartTimer(ROUND_TIMER, h, round_,
-                                       self.config.timeouts.round(wanted)))
+                                       self._round_timeout(wanted)))
 
     def _ask_round(self, round_: int) -> None:
         """Leave our round for `round_`: stop voting, send ROUND-CHANGE, wait for a

@@ -140,6 +140,10 @@ class CoreConfig(_Immutable):
     """...and bytes (the driver stops before a block that would pass this; one block
     always goes): an answer takes < 1 s on a 3 Mbit/s link, so one request in flight
     keeps a thin link busy without queueing minutes of blocks on it."""
+    carry_backoff: bool = True
+    """Back-off carried across heights (issue 17): a height that committed in a round above 0
+    starts the next one a step further up the timeout schedule, one committed in round
+    0 a step down. False: every height starts at the base timeout."""
     proposer_pool: bool = True
     """Validators named in the tip block's certificate propose first
     (`Committee.proposer_order`); False: plain round robin."""

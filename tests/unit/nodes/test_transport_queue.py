@@ -4,6 +4,7 @@ fresh messages when it can take them, never a backlog of stale ones (issue 17)."
 from __future__ import annotations
 
 import asyncio
+import json
 
 from nodes.transport import PeerQueue
 
@@ -55,3 +56,94 @@ def test_take_hands_out_at_most_limit_bytes_but_always_one_frame() -> None:
     assert q.take(100) == [b"c" * 300]
     assert q.take(100) == [b"d" * 2000]  # a frame bigger than the limit still goes
     assert q.bytes == 0
+
+
+def test_a_vote_does_not_wait_behind_a_block_on_a_stalled_path() -> None:
+    """The peer stops reading the connection a 4 MB proposal came on (a congested path:
+    its buffers fill); a vote sent after it still arrives, on the control lane."""
+    from nodes.transport import _LEN, Transport
+
+    async def body() -> list[str]:
+        got: list[str] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                try:
+                    (n,) = _LEN.unpack(await reader.readexactly(4))
+                except asyncio.IncompleteReadError:
+                    return
+                if n > 1_000_000:  # the bulk lane: read no further (stalled)
+                    got.append("big started")
+                    await asyncio.sleep(30)
+                    return
+                got.append(json.loads(await reader.readexactly(n))["t"])
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        a = Transport("a", {"b": ("127.0.0.1", port)}, lambda msg, conn: None)
+        await a.start("127.0.0.1", 0)
+        try:
+            a.send("b", {"t": "proposal", "block": "x" * 4_000_000})
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if got:
+                    break
+            a.send("b", {"t": "prepare", "h": 1})
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if "prepare" in got:
+                    break
+            return got
+        finally:
+            await a.close()
+            server.close()
+
+    assert asyncio.run(asyncio.wait_for(body(), 20)) == ["big started", "prepare"]
+
+
+def test_the_first_frame_after_a_peer_restarts_reaches_the_new_process() -> None:
+    """The peer's process dies and a new one listens on the same port; the first big
+    frame sent afterwards (a sync answer, on a lane idle since before the crash) must
+    reach the new process, not die in the kernel buffer of the dead connection."""
+    from nodes.transport import _LEN, Transport
+
+    async def body() -> list[str]:
+        got: list[str] = []
+        conns: list[asyncio.StreamWriter] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conns.append(writer)
+            while True:
+                try:
+                    (n,) = _LEN.unpack(await reader.readexactly(4))
+                    got.append(json.loads(await reader.readexactly(n))["t"])
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        a = Transport("a", {"b": ("127.0.0.1", port)}, lambda msg, conn: None)
+        await a.start("127.0.0.1", 0)
+        try:
+            a.send("b", {"t": "sync_resp", "blocks": "x" * 200_000})  # opens the bulk lane
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if got:
+                    break
+            server.close()  # the process dies: its sockets close
+            for w in conns:
+                w.transport.abort()
+            await server.wait_closed()
+            server = await asyncio.start_server(serve, "127.0.0.1", port)
+            await asyncio.sleep(1.5)  # the restarted peer is up before anyone writes
+            a.send("b", {"t": "sync_resp", "blocks": "y" * 200_000})
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if len(got) == 2:
+                    break
+            return got
+        finally:
+            await a.close()
+            server.close()
+
+    assert asyncio.run(asyncio.wait_for(body(), 20)) == ["sync_resp", "sync_resp"]
