@@ -135,7 +135,8 @@ class Fig5Settings(Fig4bSettings):
 
 
 class SwitchingSettings(_Evaluation):
-    """A workload where the best protocol changes over time (twin/workloads/wl3.yaml)."""
+    """A workload where the best protocol changes over time (twin/workloads/wl3.yaml:
+    crashes; wl4.yaml: network swings)."""
 
     train_workload: str = "wl3"
     eval_workload: str = "wl3"
@@ -419,12 +420,17 @@ def report_fig4b(run_dir: Path) -> dict[str, Any]:
 
 
 def run_switching(params: SwitchingSettings, ctx: Any) -> dict[str, Any]:
-    _write(Path(ctx.run_dir) / "switching_runs.csv", _evaluation_runs(params, ctx))
-    return report_switching(Path(ctx.run_dir))
+    run_dir = Path(ctx.run_dir)
+    (run_dir / "switching_workload.txt").write_text(
+        f"{load_workload(params.eval_workload).name}\n")
+    _write(run_dir / "switching_runs.csv", _evaluation_runs(params, ctx))
+    return report_switching(run_dir)
 
 
 def report_switching(run_dir: Path) -> dict[str, Any]:
-    return _report_evaluation(Path(run_dir), "WL3 (switching matters), held out",
+    named = Path(run_dir) / "switching_workload.txt"
+    wl = named.read_text().strip().upper() if named.exists() else "WL3"
+    return _report_evaluation(Path(run_dir), f"{wl} (switching matters), held out",
                               "switching")
 
 

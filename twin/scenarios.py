@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -221,6 +221,13 @@ class GeneratorSettings(BaseModel):
     """Seconds a node stays offline."""
     max_offline: int = Field(default=1, ge=0)
     """At most this many nodes offline at once (keep <= f for liveness)."""
+    slow_node_prob: float = Field(default=0.0, ge=0, le=1)
+    """Network swings: chance that an interval has one node on a slow link (drawn from
+    its own random stream, so a workload without swings draws what it always drew)."""
+    slow_node_factor: float = Field(default=0.2, gt=0, le=1)
+    """That node's speed as a share of the interval's fastest link."""
+    slow_node_tps: Range | None = None
+    """Transactions per second in such an interval (None: drawn from `tps` as usual)."""
 
     @model_validator(mode="after")
     def _ranges(self) -> GeneratorSettings:
@@ -229,6 +236,9 @@ class GeneratorSettings(BaseModel):
             lo, hi = getattr(self, name)
             if lo > hi or lo < 0:
                 raise ValueError(f"{name}: need 0 <= low <= high, got ({lo}, {hi})")
+        swing = self.slow_node_tps
+        if swing is not None and not 0 <= swing[0] <= swing[1]:
+            raise ValueError(f"slow_node_tps: need 0 <= low <= high, got {swing}")
         if self.link_mbps[0] <= 0:
             raise ValueError("link_mbps: speeds must be > 0")
         if self.heterogeneity[1] >= 1:
@@ -242,9 +252,24 @@ def link_speeds(rng: np.random.Generator, s: GeneratorSettings) -> tuple[float, 
     return tuple(float(base * (1.0 - h * u)) for u in rng.uniform(0, 1, s.n_nodes))
 
 
+_SWING_STREAM = 77
+"""Seed stream of the network swings, apart from the main one (see `slow_node_prob`)."""
+
+
+def _slow_one_node(interval: Interval, rng: np.random.Generator,
+                   s: GeneratorSettings) -> Interval:
+    """One random node's link drops to `slow_node_factor` of the fastest: BigFoot's fast
+    path waits for that node's votes on every block, PBFT's quorum does not."""
+    speeds = list(interval.link_mbps)
+    speeds[int(rng.integers(len(speeds)))] = max(speeds) * s.slow_node_factor
+    tps = float(rng.uniform(*s.slow_node_tps)) if s.slow_node_tps else interval.tps
+    return replace(interval, link_mbps=tuple(speeds), tps=tps)
+
+
 def generate(settings: GeneratorSettings, seed: int, name: str = "scenario") -> Scenario:
     """Draw a random scenario; the same (settings, seed) always gives the same one."""
     rng = np.random.default_rng([seed, 0x5CE])
+    swing = np.random.default_rng([seed, _SWING_STREAM])
     s = settings
     latency = tuple(float(x) for x in rng.uniform(*s.latency_ms, s.n_nodes))
     intervals: list[Interval] = []
@@ -252,8 +277,11 @@ def generate(settings: GeneratorSettings, seed: int, name: str = "scenario") -> 
     t = 0.0
     while t < s.duration - 1e-9:
         end = min(t + s.interval, s.duration)
-        intervals.append(Interval(t, end, float(rng.uniform(*s.tps)),
-                                  int(rng.uniform(*s.tx_size)), link_speeds(rng, s)))
+        interval = Interval(t, end, float(rng.uniform(*s.tps)),
+                            int(rng.uniform(*s.tx_size)), link_speeds(rng, s))
+        if s.slow_node_prob > 0 and swing.uniform() < s.slow_node_prob:
+            interval = _slow_one_node(interval, swing, s)
+        intervals.append(interval)
         if s.max_offline > 0 and rng.uniform() < s.outage_prob:
             node = int(rng.integers(s.n_nodes))
             start = float(rng.uniform(t, end))
