@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from nodes.transport import PeerQueue
 
@@ -58,6 +59,14 @@ def test_take_hands_out_at_most_limit_bytes_but_always_one_frame() -> None:
     assert q.bytes == 0
 
 
+async def _until(done: Callable[[], bool], tries: int = 100) -> None:
+    """Poll every 20 ms until `done()` or `tries` polls have passed (the caller asserts)."""
+    for _ in range(tries):
+        await asyncio.sleep(0.02)
+        if done():
+            return
+
+
 def test_a_vote_does_not_wait_behind_a_block_on_a_stalled_path() -> None:
     """The peer stops reading the connection a 4 MB proposal came on (a congested path:
     its buffers fill); a vote sent after it still arrives, on the control lane."""
@@ -84,15 +93,9 @@ def test_a_vote_does_not_wait_behind_a_block_on_a_stalled_path() -> None:
         await a.start("127.0.0.1", 0)
         try:
             a.send("b", {"t": "proposal", "block": "x" * 4_000_000})
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                if got:
-                    break
+            await _until(lambda: bool(got))
             a.send("b", {"t": "prepare", "h": 1})
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                if "prepare" in got:
-                    break
+            await _until(lambda: "prepare" in got)
             return got
         finally:
             await a.close()
@@ -126,10 +129,7 @@ def test_the_first_frame_after_a_peer_restarts_reaches_the_new_process() -> None
         await a.start("127.0.0.1", 0)
         try:
             a.send("b", {"t": "sync_resp", "blocks": "x" * 200_000})  # opens the bulk lane
-            for _ in range(200):
-                await asyncio.sleep(0.02)
-                if got:
-                    break
+            await _until(lambda: bool(got), tries=200)
             server.close()  # the process dies: its sockets close
             for w in conns:
                 w.transport.abort()
@@ -137,10 +137,7 @@ def test_the_first_frame_after_a_peer_restarts_reaches_the_new_process() -> None
             server = await asyncio.start_server(serve, "127.0.0.1", port)
             await asyncio.sleep(1.5)  # the restarted peer is up before anyone writes
             a.send("b", {"t": "sync_resp", "blocks": "y" * 200_000})
-            for _ in range(200):
-                await asyncio.sleep(0.02)
-                if len(got) == 2:
-                    break
+            await _until(lambda: len(got) == 2, tries=200)
             return got
         finally:
             await a.close()
