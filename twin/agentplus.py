@@ -16,7 +16,17 @@ training". The faithful default does exactly that:
    (`augment_updates` per what-if call), so the state soon has evidence and the agent
    decides alone (a table look-up instead of a simulation).
 
+Step 1 for agent+ goes further than for the agent: after the agent's plain Q-learning,
+agent+ runs `offline_episodes` more episodes on the generated training scenarios in which
+every decision consults what-if (`AgentPlus.act_offline`), so each visited state gets
+paired simulated outcomes for every protocol (and its `SimEvidence`) before deployment.
+
 Our additions, each a named option measured against that default (docs/measurements.md):
+
+- `unsure="consistency"`: also ask while the state's simulated outcomes disagree on the
+  best protocol in more than `1 - agree` of them: there the best protocol depends on
+  more than the state key says (the backlog, the load), and only a simulation from the
+  present can tell.
 
 - `unsure="significance"`: keep asking while the simulated advantage between the two best
   protocols is within `z` standard errors of zero (at most `max_sims` calls per state;
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -52,15 +63,27 @@ class AgentPlusSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    unsure: Literal["evidence", "significance"] = "evidence"
+    unsure: Literal["evidence", "significance", "consistency"] = "evidence"
     """When what-if decides: the paper's rule (too little evidence in the state) or ours
-    (also while the simulated advantage is not significant)."""
+    (also while the simulated advantage is not significant, or while the simulations
+    disagree on the best protocol)."""
+    offline_episodes: int = Field(default=0, ge=0)
+    """Offline training episodes in which every decision consults what-if (after the
+    agent's plain Q-learning; 0: agent+ starts from the agent's table)."""
+    offline_epsilon: float = Field(default=0.1, ge=0, le=1)
+    """Exploration in those episodes: the share of steps that run a random protocol
+    instead of the simulated best (so the table also sees where other choices lead)."""
+    agree: float = Field(default=0.8, gt=0.5, le=1)
+    """consistency: a state is sure once this share of its simulations name the same
+    best protocol (and it has at least `min_sims` of them)."""
+    max_samples: int = Field(default=200, ge=2)
+    """Simulated outcomes kept per state (the oldest are dropped): the bound on memory."""
     min_evidence: int = Field(default=2, ge=1)
     """evidence: a state is unseen while some protocol has fewer updates than this
     (real steps count for the protocol taken, a what-if call for every protocol)."""
     min_sims: int = Field(default=2, ge=1)
-    """significance: a state counts as unseen until it has this many simulated
-    comparisons."""
+    """significance, consistency: a state counts as unseen until it has this many
+    simulated comparisons."""
     max_sims: int = Field(default=3, ge=1)
     """significance: what-if calls per state at most; beyond this the agent decides."""
     z: float = Field(default=1.0, ge=0)
@@ -81,10 +104,11 @@ class AgentPlusSettings(BaseModel):
 
 
 class SimEvidence:
-    """Simulated latencies per protocol from what-if calls in one state."""
+    """Simulated latencies per protocol from what-if calls in one state (the latest
+    `maxlen`)."""
 
-    def __init__(self) -> None:
-        self.samples: list[np.ndarray] = []
+    def __init__(self, maxlen: int = 200) -> None:
+        self.samples: deque[np.ndarray] = deque(maxlen=maxlen)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -94,6 +118,11 @@ class SimEvidence:
 
     def best(self) -> int:
         return int(np.argmin(self.mean()))
+
+    def agreement(self) -> float:
+        """Share of the samples whose best protocol is the best on the mean."""
+        best = self.best()
+        return float(np.mean([int(np.argmin(x)) == best for x in self.samples]))
 
     def advantage(self) -> tuple[float, float]:
         """Mean and standard error of (second best - best) simulated latency, paired."""
@@ -128,6 +157,8 @@ class AgentPlus:
         if n < s.min_sims:
             return True
         assert ev is not None
+        if s.unsure == "consistency":
+            return ev.agreement() < s.agree
         if n >= s.max_sims:
             return False
         adv, se = ev.advantage()
@@ -155,14 +186,29 @@ class AgentPlus:
             if not (self.unsure(state) and self.within_budget()):
                 self.agent_decisions += 1
                 return self.agent.act(state)
-            simulated = self.whatif.evaluate(model() if callable(model) else model)
-            self.evidence.setdefault(state, SimEvidence()).samples.append(simulated)
-            self.augment(state, simulated)
-            self._last = (state, simulated)
             self.whatif_decisions += 1
-            return int(np.argmin(simulated))
+            return int(np.argmin(self._simulate(state, model)))
         finally:
             self.seconds += time.perf_counter() - t
+
+    def act_offline(self, state: State, model: ChainModel | Callable[[], ChainModel],
+                    rng: np.random.Generator) -> int:
+        """An offline training decision: always simulate (the outcomes train the table and
+        the state's evidence), then run the simulated best or, with probability
+        `offline_epsilon`, a random protocol. Not counted as a deployment decision."""
+        simulated = self._simulate(state, model)
+        if rng.uniform() < self.settings.offline_epsilon:
+            return int(rng.integers(self.agent.n_actions))
+        return int(np.argmin(simulated))
+
+    def _simulate(self, state: State, model: ChainModel | Callable[[], ChainModel]
+                  ) -> np.ndarray:
+        simulated = self.whatif.evaluate(model() if callable(model) else model)
+        self.evidence.setdefault(state, SimEvidence(self.settings.max_samples)
+                                 ).samples.append(simulated)
+        self.augment(state, simulated)
+        self._last = (state, simulated)
+        return simulated
 
     def augment(self, state: State, latencies: np.ndarray) -> None:
         """Train on simulated outcomes; the state is taken to persist over the step.

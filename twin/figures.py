@@ -157,6 +157,27 @@ def pretrain(params: _Common, seed: int, wl: WorkloadSpec,
     return agent
 
 
+def pretrain_plus(params: _Evaluation, seed: int, wl: WorkloadSpec, agent: QAgent,
+                  progress: Callable[[str], None] = lambda m: None) -> AgentPlus:
+    """Agent+ before deployment: the agent's table, then `agent_plus.offline_episodes`
+    episodes on the same generated training scenarios in which every decision consults
+    what-if from the twin's estimated present (twin.agentplus, step 1)."""
+    step = params.env.step_seconds
+    plus = AgentPlus(agent.copy(seed), WhatIfOptimiser(wl.generator, step, params.whatif,
+                                                       seed, params.env.protocols),
+                     params.agent_plus)
+    rng = np.random.default_rng([seed, 0x0FF])
+    pool = [wl.scenario(s) for s in train_seeds(seed, params.train_scenarios)]
+
+    def act(ctx: Any, key: tuple[int, ...]) -> int:
+        return plus.act_offline(key, ctx.twin.model_now, rng)
+
+    for ep in range(params.agent_plus.offline_episodes):
+        run_episode(pool[ep % len(pool)], params.env, act, plus)
+        progress(f"seed {seed}: agent+ offline what-if episode {ep + 1}")
+    return plus
+
+
 # ---- evaluation ----------------------------------------------------------------------------
 def _tracked(policy: Policy, keys: list[tuple[int, ...]]) -> Policy:
     def act(ctx: Any, key: tuple[int, ...]) -> int:
@@ -176,9 +197,8 @@ def evaluate_seed(params: _Evaluation, seed: int, agent: QAgent, train_wl: Workl
     # What-if draws futures from what the twin knew before deployment: the training
     # workload's generator, around the calibrated present (not the evaluation truth).
     protocols = params.env.protocols
-    plus = AgentPlus(agent.copy(seed), WhatIfOptimiser(train_wl.generator, step,
-                                                       params.whatif, seed, protocols),
-                     params.agent_plus)
+    plus = pretrain_plus(params, seed, train_wl, agent, progress)
+    seen_plus = {k for k, t in plus.agent.tries.items() if t.sum() > 0}
     methods: list[tuple[str, Policy, Learner | None]] = [
         (p, fixed(a), None) for a, p in enumerate(params.env.protocols)]
     online = agent.copy(seed)
@@ -196,7 +216,8 @@ def evaluate_seed(params: _Evaluation, seed: int, agent: QAgent, train_wl: Workl
                 "seed": seed, "method": name, "episode": ep + 1, "latency": res.latency,
                 "decision_seconds": res.decision_seconds,
                 "uncommitted": res.uncommitted, "safety_violations": res.safety_violations,
-                "unseen_share": sum(k not in seen for k in keys) / max(len(keys), 1),
+                "unseen_share": sum(k not in (seen_plus if name == "agent+" else seen)
+                                    for k in keys) / max(len(keys), 1),
                 "whatif_share": ((plus.whatif_decisions - calls0) / max(len(keys), 1)
                                  if name == "agent+" else (1.0 if name == "whatif" else 0.0)),
                 "switches": _switches(res.actions),

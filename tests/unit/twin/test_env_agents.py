@@ -121,6 +121,45 @@ def test_agent_plus_asks_in_unseen_states_until_they_have_evidence():
     assert wi.calls == 3
 
 
+class _AlternatingWhatIf(_FixedWhatIf):
+    """Simulations that disagree: the best protocol flips from call to call."""
+
+    def evaluate(self, model):
+        self.calls += 1
+        return self.latencies.copy() if self.calls % 2 else self.latencies[::-1].copy()
+
+
+def test_agent_plus_offline_training_simulates_every_decision_and_fills_the_table():
+    """Offline what-if decisions train every protocol in the state and its evidence, and
+    are not counted as deployment decisions; deployment then decides from the table."""
+    wi = _FixedWhatIf([5.0, 3.0])
+    plus = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(offline_epsilon=0.0))
+    rng = np.random.default_rng(0)
+    key = (0, 10, 20)
+    assert [plus.act_offline(key, None, rng) for _ in range(3)] == [1, 1, 1]
+    assert wi.calls == 3 and (plus.agent.tries[key] == 3).all()
+    assert plus.whatif_decisions == plus.agent_decisions == 0 and len(plus.evidence[key]) == 3
+    assert plus.act(key, lambda: pytest.fail("what-if consulted in a trained state")) == 1
+    explore = AgentPlus(QAgent(2, seed=0), wi, AgentPlusSettings(offline_epsilon=1.0))
+    assert {explore.act_offline(key, None, rng) for _ in range(40)} == {0, 1}
+
+
+def test_agent_plus_consistency_asks_while_simulations_disagree_and_memory_is_bounded():
+    key = (0, 10, 20)
+    mixed = _AlternatingWhatIf([5.0, 3.0])
+    plus = AgentPlus(QAgent(2, seed=0), mixed, AgentPlusSettings(
+        unsure="consistency", min_sims=2, agree=0.8, max_samples=5))
+    for _ in range(12):
+        plus.act(key, None)
+    assert mixed.calls == 12 and plus.agent_decisions == 0  # 50% agreement: never sure
+    assert len(plus.evidence[key]) == 5  # the oldest simulations were dropped
+    steady = _FixedWhatIf([5.0, 3.0])
+    plus = AgentPlus(QAgent(2, seed=0), steady, AgentPlusSettings(
+        unsure="consistency", min_sims=2, agree=0.8))
+    assert [plus.act(key, None) for _ in range(5)] == [1] * 5
+    assert steady.calls == 2 and plus.agent_decisions == 3
+
+
 def test_agent_plus_counterfactual_keeps_the_simulated_gap():
     """A backlog that grows whatever the protocol must not make the agent flip-flop."""
     wi = _FixedWhatIf([5.0, 3.0])  # bigfoot 2 s better, per the twin
