@@ -222,6 +222,16 @@ def test_experiment_files_validate(name):
     assert loaded.experiment.simulation.job == f"twin.{name}"
 
 
+@pytest.mark.parametrize("name", ["switching_wl4", "switching_wl5"])
+def test_switching_experiment_files_give_valid_job_settings(name):
+    from twin.figures import SwitchingSettings
+
+    sim = load_experiment(ROOT / "experiments" / "paper" / f"{name}.yaml").experiment.simulation
+    assert sim.job == "twin.switching"
+    params = SwitchingSettings(**sim.params)
+    load_workload(params.train_workload), load_workload(params.eval_workload)
+
+
 def test_fig4a_and_fig5_jobs_run_small(tmp_path):
     from twin.figures import Fig4aSettings, Fig5Settings, run_fig4a, run_fig5
 

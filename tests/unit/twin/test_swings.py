@@ -40,6 +40,12 @@ def test_wl4_swings_about_half_its_minutes() -> None:
     assert 0.35 < swung / total < 0.65
 
 
+def test_wl5_is_wl4_over_ten_minutes() -> None:
+    wl4, wl5 = load_workload("wl4").generator, load_workload("wl5").generator
+    assert wl5.duration == 600 and wl4.duration == 300
+    assert wl5.model_copy(update={"duration": 300}) == wl4
+
+
 def test_a_reversed_swing_load_range_is_refused() -> None:
     with pytest.raises(ValueError, match="slow_node_tps"):
         GeneratorSettings(slow_node_tps=(200, 100))
