@@ -15,7 +15,8 @@ Statistics are paired by seed: per method the mean latency with its 95% t interv
 and the per-seed difference to the best fixed protocol (the fixed protocol with the
 lowest mean over the evaluation seeds) with its interval and whether it excludes 0;
 the oracle's switching gain and each policy's share of it captured. The shipped
-experiment files evaluate on seeds 1001 on; the settings were tuned on seeds 1-10.
+experiment files evaluate on seeds 1001 on (switching_wl4 on 2001 on, switching_wl5 on
+3001 on); the settings were tuned on seeds 1-10 (WL4/WL5: 1-40).
 
 Each run writes CSVs into the run folder and draws the figures from those CSVs only
 (`report_*` redraws them later).
@@ -166,6 +167,8 @@ def pretrain_plus(params: _Evaluation, seed: int, wl: WorkloadSpec, agent: QAgen
     plus = AgentPlus(agent.copy(seed), WhatIfOptimiser(wl.generator, step, params.whatif,
                                                        seed, params.env.protocols),
                      params.agent_plus)
+    if not params.agent_plus.offline_episodes:
+        return plus
     rng = np.random.default_rng([seed, 0x0FF])
     pool = [wl.scenario(s) for s in train_seeds(seed, params.train_scenarios)]
 
