@@ -107,7 +107,7 @@ class SimEvidence:
     """Simulated latencies per protocol from what-if calls in one state (the latest
     `maxlen`)."""
 
-    def __init__(self, maxlen: int = 200) -> None:
+    def __init__(self, maxlen: int) -> None:
         self.samples: deque[np.ndarray] = deque(maxlen=maxlen)
 
     def __len__(self) -> int:

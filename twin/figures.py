@@ -144,12 +144,29 @@ class SwitchingSettings(_Evaluation):
 
 
 # ---- training ----------------------------------------------------------------------------
+def training_pool(params: _Common, seed: int, wl: WorkloadSpec) -> list[Scenario]:
+    """The repetition's generated training scenarios (cycled over the episodes)."""
+    return [wl.scenario(s) for s in train_seeds(seed, params.train_scenarios)]
+
+
+def whatif_optimiser(params: _Evaluation, seed: int, wl: WorkloadSpec) -> WhatIfOptimiser:
+    """What-if as the twin knows it before deployment: futures from the training
+    workload's generator, around the calibrated present (not the evaluation truth)."""
+    return WhatIfOptimiser(wl.generator, params.env.step_seconds, params.whatif, seed,
+                           params.env.protocols)
+
+
+def _seen(agent: QAgent) -> set[tuple[int, ...]]:
+    """States the agent's table has any update in."""
+    return {k for k, t in agent.tries.items() if t.sum() > 0}
+
+
 def pretrain(params: _Common, seed: int, wl: WorkloadSpec,
              on_episode: Callable[[int, Scenario, EpisodeResult, float], None] | None = None
              ) -> QAgent:
     """Offline Q-learning on generated scenarios of `wl` (see the module docstring)."""
     agent = QAgent(len(params.env.protocols), params.q, seed)
-    pool = [wl.scenario(s) for s in train_seeds(seed, params.train_scenarios)]
+    pool = training_pool(params, seed, wl)
     for ep in range(params.episodes):
         sc = pool[ep % len(pool)]
         res = train(agent, sc, params.env, 1, epsilon_episode=ep)[0]
@@ -163,14 +180,11 @@ def pretrain_plus(params: _Evaluation, seed: int, wl: WorkloadSpec, agent: QAgen
     """Agent+ before deployment: the agent's table, then `agent_plus.offline_episodes`
     episodes on the same generated training scenarios in which every decision consults
     what-if from the twin's estimated present (twin.agentplus, step 1)."""
-    step = params.env.step_seconds
-    plus = AgentPlus(agent.copy(seed), WhatIfOptimiser(wl.generator, step, params.whatif,
-                                                       seed, params.env.protocols),
-                     params.agent_plus)
+    plus = AgentPlus(agent.copy(seed), whatif_optimiser(params, seed, wl), params.agent_plus)
     if not params.agent_plus.offline_episodes:
         return plus
     rng = np.random.default_rng([seed, 0x0FF])
-    pool = [wl.scenario(s) for s in train_seeds(seed, params.train_scenarios)]
+    pool = training_pool(params, seed, wl)
 
     def act(ctx: Any, key: tuple[int, ...]) -> int:
         return plus.act_offline(key, ctx.twin.model_now, rng)
@@ -195,20 +209,16 @@ def evaluate_seed(params: _Evaluation, seed: int, agent: QAgent, train_wl: Workl
     """Every method on the held-out scenario of `seed`; one row per method and pass."""
     sc = eval_wl.scenario(seed)
     sc.save(out / f"{eval_wl.name}_seed{seed}.json")
-    step = params.env.step_seconds
-    seen = {k for k, t in agent.tries.items() if t.sum() > 0}
-    # What-if draws futures from what the twin knew before deployment: the training
-    # workload's generator, around the calibrated present (not the evaluation truth).
-    protocols = params.env.protocols
+    seen = _seen(agent)
     plus = pretrain_plus(params, seed, train_wl, agent, progress)
-    seen_plus = {k for k, t in plus.agent.tries.items() if t.sum() > 0}
+    seen_plus = _seen(plus.agent)
     methods: list[tuple[str, Policy, Learner | None]] = [
         (p, fixed(a), None) for a, p in enumerate(params.env.protocols)]
     online = agent.copy(seed)
     methods += [("agent", q_policy(online), online), ("agent+", agent_plus_policy(plus), plus)]
     if params.include_whatif:
-        methods.append(("whatif", whatif_policy(WhatIfOptimiser(
-            train_wl.generator, step, params.whatif, seed, protocols)), None))
+        methods.append(("whatif", whatif_policy(whatif_optimiser(params, seed, train_wl)),
+                        None))
     rows: list[dict[str, Any]] = []
     for name, policy, learner in methods:
         for ep in range(params.eval_episodes):
